@@ -1,0 +1,170 @@
+"""The bundle format, owned by the runtime: a directory with model.onnx, tokenizer files and
+manifest.json. The host writes bundles through ``write_bundle``; the device checks them with
+``verify_bundle`` before anything is loaded.
+
+manifest.json is stored in canonical form (sorted keys, 2-space indent, trailing newline) and
+carries ``manifest_sha256``, the sha256 of the canonical manifest without that key. So any
+changed byte in any file, manifest included, is detected and the file is named.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import tarfile
+import tempfile
+import time
+from pathlib import Path
+from typing import Any, Mapping
+
+from .errors import BundleError
+
+SCHEMA_VERSION = 1
+FORMAT = "edgekit-bundle"
+MANIFEST = "manifest.json"
+# Files that may sit in a bundle without a sha256 entry (the manifest, its future signature).
+UNHASHED = frozenset({MANIFEST, "manifest.sig"})
+REQUIRED_KEYS = ("schema_version", "format", "edgekit_version", "profile", "task", "model",
+                 "tokenizer", "recipe", "pass_log", "figures", "files")
+
+
+def canonical_json(obj: Any) -> bytes:
+    return (json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
+
+
+def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        while block := fh.read(chunk):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _manifest_digest(manifest: Mapping[str, Any]) -> str:
+    body = {k: v for k, v in manifest.items() if k != "manifest_sha256"}
+    return hashlib.sha256(canonical_json(body)).hexdigest()
+
+
+def write_bundle(out_dir: str | Path, files: Mapping[str, str | Path | bytes], manifest: Mapping[str, Any],
+                 *, overwrite: bool = False) -> Path:
+    """Write a bundle atomically: build it in a sibling temp dir, then rename into place.
+
+    ``files`` maps a bundle-relative name to a source path or bytes. ``manifest`` holds every
+    required key except ``files`` (filled here with sha256 and size of each file). A failure or
+    a kill leaves either the old bundle or the new one at ``out_dir``, never half of one.
+    """
+    out_dir = Path(out_dir).resolve()
+    missing = [k for k in REQUIRED_KEYS if k not in manifest and k not in ("files", "schema_version", "format")]
+    if missing:
+        raise BundleError(f"manifest lacks {missing}: the host must fill every section before writing")
+    if out_dir.exists() and not overwrite:
+        raise BundleError(f"{out_dir} already exists. Fix: pass --force to replace it, or choose another --out.")
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    try:
+        entries: dict[str, dict[str, Any]] = {}
+        for name, src in sorted(files.items()):
+            if name in UNHASHED or Path(name).is_absolute() or ".." in Path(name).parts:
+                raise BundleError(f"bundle file name {name!r} is reserved or escapes the bundle")
+            dest = tmp / name
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if isinstance(src, bytes):
+                dest.write_bytes(src)
+            else:
+                shutil.copyfile(src, dest)
+            entries[name] = {"sha256": sha256_file(dest), "bytes": dest.stat().st_size}
+        full = dict(manifest)
+        full.update(schema_version=SCHEMA_VERSION, format=FORMAT, files=entries)
+        full["manifest_sha256"] = _manifest_digest(full)
+        with open(tmp / MANIFEST, "wb") as fh:
+            fh.write(canonical_json(full))
+            fh.flush()
+            os.fsync(fh.fileno())
+        if out_dir.exists():
+            old = out_dir.with_name(f".{out_dir.name}.old-{os.getpid()}-{time.time_ns()}")
+            os.replace(out_dir, old)
+            os.replace(tmp, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def read_manifest(bundle: str | Path) -> dict[str, Any]:
+    """Parse and self-check manifest.json (canonical bytes + manifest_sha256); no file hashes."""
+    path = Path(bundle) / MANIFEST
+    if not Path(bundle).is_dir():
+        raise BundleError(f"{bundle}: not a bundle directory. Fix: pass the directory `edgekit compile` wrote "
+                          f"(or extract the .tar archive first).")
+    try:
+        raw = path.read_bytes()
+    except FileNotFoundError:
+        raise BundleError(f"{path}: missing. Fix: this is not an edgekit bundle, or it is incomplete; re-copy it.") from None
+    try:
+        manifest = json.loads(raw.decode("utf-8"))
+    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise BundleError(f"{path}: modified or corrupt (not valid JSON: {exc}). Fix: re-copy the bundle.") from None
+    if not isinstance(manifest, dict):
+        raise BundleError(f"{path}: modified or corrupt (not a JSON object). Fix: re-copy the bundle.")
+    if manifest.get("format") != FORMAT:
+        raise BundleError(f"{path}: format {manifest.get('format')!r} is not {FORMAT!r}. Fix: pass an edgekit bundle.")
+    version = manifest.get("schema_version")
+    if version != SCHEMA_VERSION:
+        raise BundleError(f"{path}: schema_version {version!r}, this runtime reads {SCHEMA_VERSION}. "
+                          f"Fix: install the edgekit-runtime version that matches the compiler that wrote it.")
+    if canonical_json(manifest) != raw:
+        raise BundleError(f"{path}: modified (its bytes are not the canonical form the compiler wrote). "
+                          f"Fix: re-copy the bundle from the host.")
+    recorded = manifest.get("manifest_sha256")
+    if recorded != _manifest_digest(manifest):
+        raise BundleError(f"{path}: modified (manifest_sha256 does not match its content). Fix: re-copy the bundle.")
+    missing = [k for k in REQUIRED_KEYS if k not in manifest]
+    if missing:
+        raise BundleError(f"{path}: lacks required sections {missing}. Fix: recompile with a matching edgekit.")
+    return manifest
+
+
+def verify_bundle(bundle: str | Path) -> dict[str, Any]:
+    """Check the manifest and the sha256 of every file; return the manifest or raise BundleError.
+
+    Every problem is collected, so one run names every modified, missing or unexpected file.
+    """
+    bundle = Path(bundle)
+    manifest = read_manifest(bundle)
+    problems: list[str] = []
+    listed = manifest["files"]
+    for name, entry in sorted(listed.items()):
+        path = bundle / name
+        if not path.is_file():
+            problems.append(f"{name}: missing")
+        elif path.stat().st_size != entry["bytes"] or sha256_file(path) != entry["sha256"]:
+            problems.append(f"{name}: modified (sha256 mismatch)")
+    for path in sorted(p for p in bundle.rglob("*") if p.is_file()):
+        rel = path.relative_to(bundle).as_posix()
+        if rel not in listed and rel not in UNHASHED:
+            problems.append(f"{rel}: unexpected file, not in the manifest")
+    if problems:
+        raise BundleError(f"{bundle}: integrity check failed:\n  " + "\n  ".join(problems)
+                          + "\nFix: re-copy the bundle from the host; do not edit files inside it.")
+    return manifest
+
+
+def archive_bundle(bundle: str | Path, dest: str | Path | None = None) -> Path:
+    """Pack a bundle directory into one .tar file (written atomically)."""
+    bundle = Path(bundle)
+    dest = Path(dest) if dest else bundle.with_suffix(".tar")
+    tmp = dest.with_name(f".{dest.name}.partial-{os.getpid()}")
+    try:
+        with tarfile.open(tmp, "w") as tar:
+            for path in sorted(p for p in bundle.rglob("*") if p.is_file()):
+                tar.add(path, arcname=f"{bundle.name}/{path.relative_to(bundle).as_posix()}")
+        os.replace(tmp, dest)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return dest
