@@ -49,7 +49,7 @@ class DeviceProfile:
     token_dtype: str
     memory_budget_mb: int
     max_sequence_length: int
-    tolerances: Mapping[str, Tolerance]
+    tolerances: Mapping[str, Tolerance] = field(hash=False)
     jetpack: str | None = None
     tensorrt: str | None = None
     cuda: str | None = None
@@ -66,6 +66,13 @@ class DeviceProfile:
                 f"[tolerances.{precision}] to {self.source}."
             )
         return self.tolerances[precision]
+
+    def __reduce__(self):
+        # MappingProxyType cannot be pickled or deep-copied: rebuild (and re-check) from data.
+        return (profile_from_dict, (self.to_dict(), self.source))
+
+    def __deepcopy__(self, memo):
+        return self
 
     def to_dict(self) -> dict[str, Any]:
         """The TOML content of this profile as plain JSON-able data (no source/sha256)."""
@@ -140,6 +147,9 @@ def profile_from_dict(data: Mapping[str, Any], source: str = "<dict>") -> Device
                 bad = [v for v in value if v not in allowed]
                 if bad:
                     raise fail(key, f"unknown value {bad[0]!r}", f"use values from {list(allowed)}")
+            if len(set(value)) != len(value):
+                dup = next(v for v in value if value.count(v) > 1)
+                raise fail(key, f"{dup!r} is listed twice", "list each entry once")
             if key in ("backends", "precisions") and not value:
                 raise fail(key, "empty list", f"name at least one of {list(allowed)}")
             value = tuple(value)
@@ -172,6 +182,10 @@ def profile_from_dict(data: Mapping[str, Any], source: str = "<dict>") -> Device
         raise fail(f"tolerances.{missing[0]}", f"precision {missing[0]!r} is allowed but has no tolerance",
                    f"add [tolerances.{missing[0]}] with atol and rtol")
     values["tolerances"] = MappingProxyType(tolerances)
+    gpu_backends = [b for b in values["backends"] if b != "ort-cpu"]
+    if values["accelerator"] == "cpu" and gpu_backends:
+        raise fail("backends", f"GPU backend {gpu_backends[0]!r} on a CPU-only target",
+                   "use backends = [\"ort-cpu\"] or set accelerator = \"gpu\"")
     if values["accelerator"] == "gpu":
         for key in ("tensorrt", "cuda", "compute_capability"):
             if key not in values:
@@ -189,6 +203,9 @@ def load_profile_file(path: str | Path) -> DeviceProfile:
         data = tomllib.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise ProfileError(f"{path}: no such profile file. Fix: check the path, or pass a profile name.") from None
+    except (IsADirectoryError, UnicodeDecodeError) as exc:
+        raise ProfileError(f"{path}: not a readable UTF-8 TOML file ({exc.__class__.__name__}). "
+                           f"Fix: pass the path of a .toml profile file.") from None
     except tomllib.TOMLDecodeError as exc:
         raise ProfileError(f"{path}: not valid TOML ({exc}). Fix: correct the syntax at that line.") from None
     profile = profile_from_dict(data, source=str(path))
