@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import tarfile
-import tempfile
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -62,7 +61,10 @@ def write_bundle(out_dir: str | Path, files: Mapping[str, str | Path | bytes], m
     if out_dir.exists() and not overwrite:
         raise BundleError(f"{out_dir} already exists. Fix: pass --force to replace it, or choose another --out.")
     out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.partial-", dir=out_dir.parent))
+    # Not tempfile.mkdtemp: its 0700 mode would leave the bundle unreadable to the service
+    # account that runs it on the device. mkdir honours the umask like any other directory.
+    tmp = out_dir.with_name(f".{out_dir.name}.partial-{os.getpid()}-{time.time_ns()}")
+    tmp.mkdir()
     try:
         entries: dict[str, dict[str, Any]] = {}
         for name, src in sorted(files.items()):
@@ -129,6 +131,46 @@ def read_manifest(bundle: str | Path) -> dict[str, Any]:
     return manifest
 
 
+def _file_entries(manifest: Mapping[str, Any], where: Path) -> dict[str, dict[str, Any]]:
+    """The manifest's ``files`` table, checked: safe relative names, a sha256 and a size each.
+
+    manifest_sha256 protects against accidents, not against someone who rewrites the manifest,
+    so a crafted table must not send the check outside the bundle or crash it.
+    """
+    files = manifest.get("files")
+    if not isinstance(files, dict) or not files:
+        raise BundleError(f"{where}: key 'files' is {files!r}, expected a table of file name -> sha256 and bytes. "
+                          f"Fix: recompile the bundle; the host writes this table.")
+    for name, entry in files.items():
+        parts = Path(name).parts
+        if not name or Path(name).is_absolute() or ".." in parts or name in UNHASHED:
+            raise BundleError(f"{where}: files entry {name!r} is absolute, escapes the bundle or is reserved. "
+                              f"Fix: recompile the bundle; do not edit its manifest.")
+        if (not isinstance(entry, dict) or not isinstance(entry.get("sha256"), str)
+                or not isinstance(entry.get("bytes"), int) or isinstance(entry.get("bytes"), bool)):
+            raise BundleError(f"{where}: files entry {name!r} is {entry!r}, expected {{'sha256': str, 'bytes': int}}. "
+                              f"Fix: recompile the bundle; do not edit its manifest.")
+    return files
+
+
+_TYPE_WORDS = {str: "a string", int: "an integer", list: "a list", dict: "a table", float: "a number"}
+
+
+def manifest_value(manifest: Mapping[str, Any], key: str, typ: type) -> Any:
+    """The value at a dotted key ('tokenizer.max_length'), type-checked; BundleError names the key."""
+    node: Any = manifest
+    for part in key.split("."):
+        if not isinstance(node, Mapping) or part not in node:
+            raise BundleError(f"{MANIFEST}: key '{key}' is missing. Fix: recompile the bundle with an edgekit "
+                              f"that writes schema_version {SCHEMA_VERSION}.")
+        node = node[part]
+    # bool is an int in Python; `max_length: true` is still a broken manifest.
+    if not isinstance(node, typ) or (isinstance(node, bool) and typ is not bool):
+        raise BundleError(f"{MANIFEST}: key '{key}' is {node!r}, expected {_TYPE_WORDS.get(typ, typ.__name__)}. "
+                          f"Fix: recompile the bundle.")
+    return node
+
+
 def verify_bundle(bundle: str | Path) -> dict[str, Any]:
     """Check the manifest and the sha256 of every file; return the manifest or raise BundleError.
 
@@ -137,7 +179,7 @@ def verify_bundle(bundle: str | Path) -> dict[str, Any]:
     bundle = Path(bundle)
     manifest = read_manifest(bundle)
     problems: list[str] = []
-    listed = manifest["files"]
+    listed = _file_entries(manifest, bundle / MANIFEST)
     for name, entry in sorted(listed.items()):
         path = bundle / name
         if not path.is_file():
@@ -156,8 +198,10 @@ def verify_bundle(bundle: str | Path) -> dict[str, Any]:
 
 def archive_bundle(bundle: str | Path, dest: str | Path | None = None) -> Path:
     """Pack a bundle directory into one .tar file (written atomically)."""
-    bundle = Path(bundle)
-    dest = Path(dest) if dest else bundle.with_suffix(".tar")
+    bundle = Path(bundle).resolve()
+    read_manifest(bundle)  # refuse to pack something that is not a bundle
+    # Not with_suffix: a bundle named "sst2-v1.2" must give "sst2-v1.2.tar", not "sst2-v1.tar".
+    dest = Path(dest) if dest else bundle.with_name(bundle.name + ".tar")
     tmp = dest.with_name(f".{dest.name}.partial-{os.getpid()}")
     try:
         with tarfile.open(tmp, "w") as tar:

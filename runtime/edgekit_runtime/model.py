@@ -1,0 +1,254 @@
+"""Load a bundle (a directory or a .tar from archive_bundle) and run it on texts.
+
+``load`` verifies every sha256 before reading anything else, rebuilds the embedded device
+profile, checks the manifest against the task and the graph, then picks a backend. Everything
+that can be wrong with a bundle is found at load time, not at the first text.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import shutil
+import tarfile
+import tempfile
+import weakref
+from pathlib import Path, PurePosixPath
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from .backends import Backend, select_backend
+from .bundle import MANIFEST, manifest_value, read_manifest, verify_bundle
+from .errors import BackendError, BundleError, InputError
+from .profile import BACKENDS, PRECISIONS, DeviceProfile, profile_from_dict
+from .tasks import TaskHead, get_task
+from .tokenizer import TextEncoder, check_texts
+
+log = logging.getLogger("edgekit_runtime")
+
+SMOKE_TEXT = "edgekit runtime smoke test"
+
+
+def _safe_members(tar: tarfile.TarFile, archive: Path) -> list[tarfile.TarInfo]:
+    members = tar.getmembers()
+    for m in members:
+        parts = PurePosixPath(m.name).parts
+        if PurePosixPath(m.name).is_absolute() or ".." in parts or m.name.startswith("\\"):
+            raise BundleError(f"{archive}: member {m.name!r} has an absolute path or '..' and would be written "
+                              f"outside the extraction directory; refusing to extract. Fix: pack the bundle with "
+                              f"`archive_bundle` (or tar from the bundle's parent directory).")
+        if not (m.isfile() or m.isdir()):
+            kind = "link" if (m.issym() or m.islnk()) else "special file"
+            raise BundleError(f"{archive}: member {m.name!r} is a {kind}; a bundle archive holds only regular files. "
+                              f"Fix: pack the bundle with `archive_bundle`.")
+    return members
+
+
+def extract_archive(archive: str | Path, dest: str | Path) -> Path:
+    """Extract a bundle archive into ``dest`` safely; return the bundle directory inside it."""
+    archive, dest = Path(archive), Path(dest)
+    try:
+        with tarfile.open(archive, "r:*") as tar:
+            members = _safe_members(tar, archive)
+            if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4: a second, independent guard
+                tar.extractall(dest, members=members, filter="data")
+            else:
+                tar.extractall(dest, members=members)
+    except tarfile.TarError as exc:
+        raise BundleError(f"{archive}: not a readable tar archive ({exc}). Fix: re-copy the archive.") from None
+    if (dest / MANIFEST).is_file():
+        return dest
+    tops = list(dest.iterdir())
+    if len(tops) == 1 and (tops[0] / MANIFEST).is_file():
+        return tops[0]
+    raise BundleError(f"{archive}: holds no bundle: expected {MANIFEST} at the top or inside its single top-level "
+                      f"directory, found {sorted(p.name for p in tops)[:10]}. Fix: pack it with `archive_bundle`.")
+
+
+def _materialize(path: str | Path) -> tuple[Path, Path | None]:
+    """(bundle directory, temporary directory to remove or None) for a directory or an archive."""
+    path = Path(path)
+    if path.is_dir():
+        return path, None
+    if not path.exists():
+        raise BundleError(f"{path}: no such bundle. Fix: pass the directory `edgekit compile` wrote, or its .tar.")
+    if not tarfile.is_tarfile(path):
+        raise BundleError(f"{path}: neither a bundle directory nor a tar archive. Fix: pass the bundle directory "
+                          f"or the .tar that `edgekit compile --archive` wrote.")
+    tmp = Path(tempfile.mkdtemp(prefix="edgekit-bundle-"))
+    try:
+        return extract_archive(path, tmp), tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+@contextlib.contextmanager
+def open_bundle(path: str | Path) -> Iterator[Path]:
+    """The bundle directory for ``path``; an archive is extracted and removed on exit."""
+    bundle_dir, tmp = _materialize(path)
+    try:
+        yield bundle_dir
+    finally:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+
+
+def bundle_profile(manifest: Mapping[str, Any]) -> DeviceProfile:
+    """The device profile embedded in the manifest, validated and checked against its sha256."""
+    name = manifest_value(manifest, "profile.name", str)
+    data = manifest_value(manifest, "profile.data", dict)
+    recorded = manifest_value(manifest, "profile.sha256", str)
+    profile = profile_from_dict(data, source=f"bundle:{name}")
+    if profile.name != name or profile.sha256 != recorded:
+        raise BundleError(f"{MANIFEST}: profile section says {name!r} sha256 {recorded[:12]}..., its data is "
+                          f"{profile.name!r} sha256 {profile.sha256[:12]}.... Fix: recompile the bundle (the host "
+                          f"writes DeviceProfile.sha256 of the same data).")
+    return profile
+
+
+def _check_model_section(manifest: Mapping[str, Any], profile: DeviceProfile) -> str:
+    file = manifest_value(manifest, "model.file", str)
+    if file not in manifest["files"]:
+        raise BundleError(f"{MANIFEST}: model.file {file!r} is not among the bundle's hashed files "
+                          f"{sorted(manifest['files'])}. Fix: recompile the bundle.")
+    precision = manifest_value(manifest, "model.precision", str)
+    if precision not in PRECISIONS or precision not in profile.precisions:
+        raise BundleError(f"{MANIFEST}: model.precision {precision!r} is not one profile '{profile.name}' allows "
+                          f"({list(profile.precisions)}). Fix: recompile with a precision the profile allows.")
+    max_length = manifest_value(manifest, "tokenizer.max_length", int)
+    if max_length > profile.max_sequence_length:
+        raise BundleError(f"{MANIFEST}: tokenizer.max_length {max_length} exceeds profile '{profile.name}' "
+                          f"max_sequence_length {profile.max_sequence_length}. Fix: recompile with a shorter max_length.")
+    return file
+
+
+def _check_graph_io(manifest: Mapping[str, Any], task: TaskHead, backend: Backend) -> None:
+    """The manifest's IO spec must describe the graph the backend loaded."""
+    graph_in = {s.name: s.dtype for s in backend.inputs}
+    listed_in = {s.get("name"): s.get("dtype") for s in manifest["model"]["inputs"]}
+    if graph_in != listed_in:
+        raise BundleError(f"{MANIFEST}: model.inputs {listed_in} do not match the graph's inputs {graph_in}. "
+                          f"Fix: recompile the bundle (the manifest's IO spec is read from the exported graph).")
+    graph_out = {s.name for s in backend.outputs}
+    listed_out = {s.get("name") for s in manifest["model"]["outputs"]}
+    if graph_out != listed_out or not set(task.outputs) <= graph_out:
+        raise BundleError(f"{MANIFEST}: model.outputs {sorted(map(str, listed_out))} / graph outputs "
+                          f"{sorted(graph_out)}; task {task.name} reads {list(task.outputs)}. Fix: recompile the bundle.")
+
+
+def _positive_int(name: str, value: Any) -> int:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise InputError(f"{name}={value!r}: expected a positive integer. Fix: pass e.g. {name}=32.")
+    return value
+
+
+class BundleModel:
+    """A verified bundle with its tokenizer and a working backend. Use ``load`` to get one."""
+
+    def __init__(self, path: Path, bundle_dir: Path, manifest: dict[str, Any], profile: DeviceProfile,
+                 task: TaskHead, encoder: TextEncoder, backend: Backend, reasons: list[str], tmp: Path | None):
+        self.path = path  # what the caller passed (directory or archive)
+        self.bundle_dir = bundle_dir
+        self.manifest = manifest
+        self.profile = profile
+        self.task = task
+        self.encoder = encoder
+        self.backend = backend
+        self.backend_reasons = reasons  # why earlier backends of the profile were passed over
+        # An extracted archive lives as long as the model; removed on close(), collection or exit.
+        self._cleanup = weakref.finalize(self, shutil.rmtree, tmp, True) if tmp else None
+
+    @property
+    def labels(self) -> list[str]:
+        return list(self.manifest["task"].get("labels", []))
+
+    @property
+    def backend_name(self) -> str:
+        return self.backend.name
+
+    def _batches(self, texts: Sequence[str], batch_size: int):
+        """Yield (indices, encoded batch, outputs); texts are grouped by length to pad less."""
+        texts = check_texts(texts)
+        _positive_int("batch_size", batch_size)
+        order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
+        for start in range(0, len(order), batch_size):
+            indices = order[start:start + batch_size]
+            batch = self.encoder.encode_batch([texts[i] for i in indices])
+            yield indices, batch, self.backend.run(batch.feeds)
+
+    def predict(self, texts: Sequence[str], batch_size: int = 32) -> list[dict[str, Any]]:
+        """One result per text, in input order: label, score, probabilities, truncated."""
+        texts = check_texts(texts)
+        results: list[dict[str, Any] | None] = [None] * len(texts)
+        for indices, batch, outputs in self._batches(texts, batch_size):
+            items = self.task.postprocess(outputs, self.manifest["task"], batch)
+            for i, item, truncated in zip(indices, items, batch.truncated):
+                item["truncated"] = truncated
+                results[i] = item
+        return results  # type: ignore[return-value]
+
+    def logits(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+        """The raw task output (``logits``) for each text, in input order."""
+        name = self.task.outputs[0]
+        parts: list[tuple[list[int], np.ndarray]] = [(indices, outputs[name])
+                                                     for indices, _, outputs in self._batches(texts, batch_size)]
+        if not parts:
+            return np.zeros((0, len(self.labels)), dtype=np.float32)
+        out = np.empty((sum(len(i) for i, _ in parts),) + parts[0][1].shape[1:], dtype=parts[0][1].dtype)
+        for indices, values in parts:
+            out[indices] = values
+        return out
+
+    def close(self) -> None:
+        if self._cleanup is not None:
+            self._cleanup()
+
+    def __enter__(self) -> "BundleModel":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        return (f"BundleModel({str(self.path)!r}, task={self.task.name!r}, profile={self.profile.name!r}, "
+                f"backend={self.backend_name!r})")
+
+
+def load(path: str | Path, *, verify: bool = True, backend: str | None = None,
+         threads: int | None = None) -> BundleModel:
+    """Verify and load a bundle directory or .tar archive; pick the first backend that works here.
+
+    ``backend`` forces one of the profile's backends (e.g. "ort-cpu"); ``threads`` sets
+    onnxruntime's intra-op threads.
+    """
+    path = Path(path)
+    bundle_dir, tmp = _materialize(path)
+    try:
+        if verify:
+            manifest = verify_bundle(bundle_dir)
+        else:
+            manifest = read_manifest(bundle_dir)
+            log.warning("%s: loaded WITHOUT verifying file hashes (verify=False)", path)
+        profile = bundle_profile(manifest)
+        task = get_task(manifest)
+        model_file = _check_model_section(manifest, profile)
+        encoder = TextEncoder.from_manifest(bundle_dir, manifest)
+        if backend is not None and backend not in profile.backends:
+            raise BackendError(f"backend {backend!r} is not one profile '{profile.name}' lists "
+                               f"({list(profile.backends)}; all known: {list(BACKENDS)}). "
+                               f"Fix: choose one of the profile's backends, or leave it unset.")
+
+        def smoke(candidate: Backend):
+            _check_graph_io(manifest, task, candidate)
+            return encoder.encode([SMOKE_TEXT])[0]
+
+        chosen, reasons = select_backend(bundle_dir / model_file, profile, threads=threads,
+                                         backends=None if backend is None else [backend], feed_builder=smoke)
+    except BaseException:
+        if tmp is not None:
+            shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    log.info("loaded %s: task %s, profile %s, backend %s", path, task.name, profile.name, chosen.name)
+    return BundleModel(path, bundle_dir, manifest, profile, task, encoder, chosen, reasons, tmp)

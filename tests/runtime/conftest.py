@@ -1,0 +1,46 @@
+"""Fixtures: a real, tiny bundle (random BERT + WordPiece tokenizer) written with write_bundle."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from edgekit_runtime import read_manifest, write_bundle
+from runtime_fixtures import build_tokenizer, cpu_profile_dict, export_model, tiny_manifest
+
+
+@pytest.fixture(scope="session")
+def tiny_bundle(tmp_path_factory) -> Path:
+    """A complete, verified-on-write bundle directory (shared: tests that change it copy it first)."""
+    work = tmp_path_factory.mktemp("tiny-src")
+    build_tokenizer(work / "tokenizer.json")
+    export_model(work / "model.onnx")
+    out = tmp_path_factory.mktemp("bundles") / "tiny-bert"
+    files = {"model.onnx": work / "model.onnx", "tokenizer.json": work / "tokenizer.json"}
+    return write_bundle(out, files, tiny_manifest(cpu_profile_dict()))
+
+
+@pytest.fixture
+def bundle_copy(tiny_bundle, tmp_path) -> Path:
+    """A private copy of the tiny bundle that a test may damage."""
+    return Path(shutil.copytree(tiny_bundle, tmp_path / tiny_bundle.name))
+
+
+@pytest.fixture
+def remake_bundle(tiny_bundle, tmp_path):
+    """remake_bundle(mutate) -> a new, correctly hashed bundle whose manifest ``mutate`` changed."""
+    counter = iter(range(1000))
+
+    def remake(mutate) -> Path:
+        manifest = read_manifest(tiny_bundle)
+        for key in ("files", "manifest_sha256", "schema_version", "format"):
+            manifest.pop(key)
+        manifest = json.loads(json.dumps(manifest))
+        mutate(manifest)
+        files = {name: tiny_bundle / name for name in ("model.onnx", "tokenizer.json")}
+        return write_bundle(tmp_path / f"remade-{next(counter)}", files, manifest)
+
+    return remake

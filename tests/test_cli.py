@@ -1,0 +1,77 @@
+"""The `edgekit` CLI: errors a new user meets first, each naming the value, reason and fix."""
+
+import subprocess
+import sys
+
+import pytest
+from click.testing import CliRunner
+
+from edgekit.cli import main
+from edgekit.profiles import profile_names
+from tests.tiny_models import make_csv, make_model_dir
+
+
+def run(*args):
+    return CliRunner().invoke(main, list(args))
+
+
+def test_unknown_profile_lists_valid_names():
+    result = run("compile", "--profile", "jetson-orin-mega")
+    assert result.exit_code == 1
+    assert "jetson-orin-mega" in result.output
+    for name in profile_names():
+        assert name in result.output
+    assert "Traceback" not in result.output
+
+
+def test_missing_teacher_directory(tmp_path):
+    result = run("compile", "--profile", "x86-64-cpu", "--teacher", str(tmp_path / "nowhere"))
+    assert result.exit_code == 1
+    assert "nowhere" in result.output and "no such directory" in result.output and "Fix:" in result.output
+
+
+def test_teacher_directory_without_config(tmp_path):
+    result = run("compile", "--profile", "x86-64-cpu", "--teacher", str(tmp_path))
+    assert result.exit_code == 1 and "no config.json" in result.output
+
+
+def test_missing_data_file(tmp_path):
+    result = run("compile", "--profile", "x86-64-cpu", "--data", str(tmp_path / "x.csv"))
+    assert result.exit_code == 1 and "x.csv" in result.output and "no such file" in result.output
+
+
+def test_missing_column_lists_columns_found(tmp_path):
+    teacher = make_model_dir(tmp_path / "bert")
+    data = make_csv(tmp_path / "d.csv", rows=30, text_column="review", label_column="stars")
+    result = run("compile", "--profile", "x86-64-cpu", "--teacher", str(teacher), "--data", str(data),
+                 "--out", str(tmp_path / "b"))
+    assert result.exit_code == 1
+    assert "review" in result.output and "stars" in result.output and "--text-column" in result.output
+    assert not (tmp_path / "b").exists()
+
+
+def test_profiles_table_and_show():
+    table = run("profiles")
+    assert table.exit_code == 0
+    for name in profile_names():
+        assert name in table.output
+    shown = run("profiles", "show", "jetson-xavier-nx")
+    assert shown.exit_code == 0 and "8.5" in shown.output and "int32" in shown.output
+    bad = run("profiles", "show", "nope")
+    assert bad.exit_code == 1 and "jetson-orin" in bad.output
+
+
+@pytest.mark.parametrize("args, expected", [
+    (["--help"], "edgekit compile --profile jetson-orin"),
+    (["compile", "--help"], "--text-column review --label-column stars"),
+    (["profiles", "--help"], "edgekit profiles show NAME"),
+])
+def test_help_teaches_with_examples(args, expected):
+    result = run(*args)
+    assert result.exit_code == 0
+    assert expected in result.output
+
+
+def test_help_is_instant_no_torch_import():
+    code = "import sys; from edgekit.cli import main; assert 'torch' not in sys.modules, 'torch imported'"
+    subprocess.run([sys.executable, "-c", code], check=True)

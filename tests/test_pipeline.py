@@ -1,0 +1,110 @@
+"""End-to-end compiles of tiny random models: bundle written, verified, loaded, faithful."""
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+import edgekit_runtime
+from edgekit.pipeline import PASSES, compile_bundle
+from edgekit.profiles import resolve_profile
+from edgekit.recipe import load_recipe
+from tests.tiny_models import make_csv, make_model_dir
+
+
+def _recipe(tmp_path, teacher, profile, **extra):
+    data = make_csv(tmp_path / "data.csv", rows=150)
+    values = {"profile": profile, "teacher": str(teacher), "max_length": 32, "threads": 1,
+              "data": {"path": str(data)},
+              "finetune": {"max_steps": 20, "batch_size": 8, "learning_rate": 1e-3, "eval_every": 10},
+              "rewrite": {"measure_samples": 16},
+              "validate": {"batch_sizes": [1, 3], "lengths": [8, 32], "batches_per_shape": 1},
+              "bundle": {"out": str(tmp_path / "bundle")}}
+    for key, value in extra.items():
+        values[key] = {**values.get(key, {}), **value} if isinstance(value, dict) else value
+    return load_recipe(None, values)
+
+
+@pytest.fixture(scope="module")
+def bert_dir(tmp_path_factory):
+    return make_model_dir(tmp_path_factory.mktemp("bert"), "bert")
+
+
+def _compile(tmp_path, teacher, profile_name, **extra):
+    profile = resolve_profile(profile_name)
+    return compile_bundle(_recipe(tmp_path, teacher, profile_name, **extra), profile, echo=lambda s: None)
+
+
+def test_compile_x86_bundle_is_verified_and_faithful(tmp_path, bert_dir):
+    state = _compile(tmp_path, bert_dir, "x86-64-cpu")
+    manifest = edgekit_runtime.verify_bundle(state.bundle_path)
+    assert [p["name"] for p in manifest["pass_log"]] == [name for name, _ in PASSES]
+    assert manifest["task"] == {"name": "sequence-classification", "labels": ["negative", "neutral", "positive"]}
+    assert manifest["profile"]["name"] == "x86-64-cpu"
+    assert manifest["recipe"]["finetune"]["max_steps"] == 20
+    assert {i["name"] for i in manifest["model"]["inputs"]} == {"input_ids", "attention_mask", "token_type_ids"}
+    assert all(i["dtype"] == "int64" for i in manifest["model"]["inputs"])
+    # The runtime's predictions equal the PyTorch model's on the test split.
+    model = edgekit_runtime.load(state.bundle_path)
+    texts = list(state.splits.test.texts)
+    got = model.logits(texts)
+    with torch.no_grad():
+        batch = state.tokenizer(texts, padding=True, truncation=True, max_length=32, return_tensors="pt")
+        want = state.model(**batch).logits.numpy()
+    np.testing.assert_allclose(got, want, atol=1e-4, rtol=1e-3)
+    q = manifest["figures"]["quality"]
+    assert q["bundle_runtime"]["macro_f1"] == pytest.approx(q["teacher_pytorch"]["macro_f1"], abs=1e-9)
+    assert manifest["figures"]["validation"]["max_abs_diff"] < 1e-4
+    onnx.checker.check_model(onnx.load(str(state.bundle_path / "model.onnx")), full_check=True)
+
+
+def test_xavier_bundle_differs_as_its_profile_says(tmp_path, bert_dir):
+    state = _compile(tmp_path, bert_dir, "jetson-xavier-nx")
+    manifest = edgekit_runtime.verify_bundle(state.bundle_path)
+    graph = onnx.load(str(state.bundle_path / "model.onnx"))
+    ops = {n.op_type for n in graph.graph.node}
+    assert "Erf" not in ops and "LayerNormalization" not in ops and "Sigmoid" in ops
+    assert all(i["dtype"] == "int32" for i in manifest["model"]["inputs"])
+    assert set(manifest["model"]["rewrite_rules"]) == {"int32-inputs", "fp16-safe-mask", "gelu-sigmoid"}
+    subs = manifest["figures"]["substitutions"]
+    assert subs["gelu-sigmoid"]["fired"] > 0 and 0 <= subs["gelu-sigmoid"]["argmax_agreement"] <= 1
+    assert subs["int32-inputs"]["max_abs_logit_diff"] == 0.0
+    # Validation compared against the model with the same GELU approximation, at fp32 tolerance.
+    assert manifest["figures"]["validation"]["reference_patches"] == ["gelu-sigmoid"]
+    preds = edgekit_runtime.load(state.bundle_path).predict(["good great day", "awful sad phone"])
+    assert all(p["label"] in manifest["task"]["labels"] for p in preds)
+
+
+@pytest.mark.parametrize("arch", ["distilbert", "roberta"])
+def test_other_encoder_architectures_compile(tmp_path, arch):
+    teacher = make_model_dir(tmp_path / arch, arch)
+    state = _compile(tmp_path, teacher, "raspberry-pi-5")
+    manifest = edgekit_runtime.verify_bundle(state.bundle_path)
+    assert {i["name"] for i in manifest["model"]["inputs"]} == {"input_ids", "attention_mask"}
+    assert manifest["figures"]["validation"]["max_abs_diff"] < 1e-4
+
+
+def test_failed_compile_leaves_no_bundle(tmp_path, bert_dir, monkeypatch):
+    import edgekit.pipeline as pipeline
+
+    def broken(state):
+        raise edgekit_runtime.EdgekitError("validation exploded on purpose")
+
+    monkeypatch.setattr(pipeline, "PASSES", [p if p[0] != "validate" else ("validate", broken) for p in PASSES])
+    with pytest.raises(edgekit_runtime.EdgekitError, match="on purpose"):
+        _compile(tmp_path, bert_dir, "x86-64-cpu")
+    assert not (tmp_path / "bundle").exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".bundle")]
+
+
+def test_existing_bundle_needs_force(tmp_path, bert_dir):
+    (tmp_path / "bundle").mkdir()
+    with pytest.raises(edgekit_runtime.BundleError, match="--force"):
+        _compile(tmp_path, bert_dir, "x86-64-cpu")
+
+
+def test_unknown_rule_fails_before_training(tmp_path, bert_dir):
+    with pytest.raises(edgekit_runtime.EdgekitError, match="gelu-magic"):
+        _compile(tmp_path, bert_dir, "x86-64-cpu", rewrite={"rules": ["gelu-magic"]})
