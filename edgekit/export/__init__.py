@@ -1,0 +1,1 @@
+"""Export to ONNX, per-profile graph rewrites, op-support checks."""
