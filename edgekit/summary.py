@@ -9,7 +9,7 @@ if TYPE_CHECKING:
 
 
 def _mb(n: int) -> str:
-    return f"{n / 2**20:.1f} MB"
+    return f"{n / 1e6:.1f} MB"
 
 
 def format_summary(state: "CompileState") -> str:
