@@ -8,7 +8,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -98,6 +98,8 @@ def train(model, adapter: TaskAdapter, tokenizer, train_ds: TextDataset, cfg: Fi
     step = 0
     model.train()
     while step < steps:
+        # An epoch that ended mid-accumulation must not leak its gradients into the next step.
+        optimizer.zero_grad(set_to_none=True)
         micro = 0
         running = 0.0
         for idx in batches(train_ds, cfg.batch_size, rng):
