@@ -41,7 +41,7 @@ def interleaved(systems: dict[str, Callable[[str], Any]], texts: Sequence[str], 
 
 def latency_pair(state: "CompileState", runtime_model, n_texts: int = 60) -> dict[str, Any]:
     texts = list(state.splits.test.texts[:n_texts])
-    model, adapter, tok, max_len = state.model, state.adapter, state.tokenizer, state.recipe.max_length
+    model, adapter, tok, max_len = state.teacher, state.adapter, state.tokenizer, state.recipe.max_length
 
     @torch.no_grad()
     def teacher(text: str):

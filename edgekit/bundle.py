@@ -35,7 +35,7 @@ def _tokenizer_json(tokenizer) -> bytes:
 
 
 def stage_files(state: "CompileState") -> dict[str, Path | bytes]:
-    return {MODEL_FILE: state.onnx_path, TOKENIZER_FILE: _tokenizer_json(state.tokenizer)}
+    return {MODEL_FILE: state.onnx_path, TOKENIZER_FILE: _tokenizer_json(state.tokenizer), **state.extra_files}
 
 
 def _io_spec(path: Path) -> dict[str, list[dict[str, Any]]]:

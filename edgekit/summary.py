@@ -15,16 +15,25 @@ def _mb(n: int) -> str:
 def format_summary(state: "CompileState") -> str:
     fig = state.figures
     q, lat = fig.get("quality", {}), fig.get("latency", {})
-    teacher_bytes = sum(p.numel() * p.element_size() for p in state.model.parameters())
-    bundle_bytes = sum(p.stat().st_size for p in state.bundle_path.rglob("*") if p.is_file())
-    rows = [("", "teacher (PyTorch)", f"bundle ({q.get('backend', '?')})")]
+    teacher_bytes = sum(p.numel() * p.element_size() for p in state.teacher.parameters())
+    student = "student_pytorch" in q
+    head = ["", "teacher (PyTorch)"] + (["student (PyTorch)"] if student else []) + [f"bundle ({q.get('backend', '?')})"]
+    rows = [tuple(head)]
     headline = next(iter(q.get("teacher_pytorch", {"macro_f1": 0})))
-    rows.append((f"test {headline}", f"{q['teacher_pytorch'][headline]:.4f}", f"{q['bundle_runtime'][headline]:.4f}"))
-    rows.append(("test accuracy", f"{q['teacher_pytorch']['accuracy']:.4f}", f"{q['bundle_runtime']['accuracy']:.4f}"))
-    rows.append(("size", _mb(teacher_bytes) + " (weights)", _mb(bundle_bytes) + " (bundle)"))
+
+    def row(label, fmt, key):
+        cells = [fmt(q["teacher_pytorch"][key])] + ([fmt(q["student_pytorch"][key])] if student else [])
+        return (label, *cells, fmt(q["bundle_runtime"][key]))
+
+    rows.append(row(f"test {headline}", "{:.4f}".format, headline))
+    rows.append(row("test accuracy", "{:.4f}".format, "accuracy"))
+    student_bytes = [_mb(sum(p.numel() * p.element_size() for p in state.model.parameters())) + " (weights)"]
+    rows.append(("size", _mb(teacher_bytes) + " (weights)", *(student_bytes if student else []),
+                 _mb(bundle_bytes) + " (bundle)"))
     for key, label in (("median_ms", "latency b=1 median"), ("p90_ms", "latency b=1 p90")):
-        rows.append((label, f"{lat['teacher_pytorch'][key]:.2f} ms", f"{lat['bundle_runtime'][key]:.2f} ms"))
-    width = [max(len(r[i]) for r in rows) for i in range(3)]
+        rows.append((label, f"{lat['teacher_pytorch'][key]:.2f} ms", *(["-"] if student else []),
+                     f"{lat['bundle_runtime'][key]:.2f} ms"))
+    width = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     lines = ["  ".join(c.ljust(width[i]) for i, c in enumerate(r)).rstrip() for r in rows]
     lines.insert(1, "  ".join("-" * w for w in width))
     base = q["majority_baseline"][headline]
@@ -32,6 +41,13 @@ def format_summary(state: "CompileState") -> str:
     lines.append(f"majority-class baseline {headline}: {base:.4f} (label '{q['majority_label']}'), "
                  f"{q['rows']} test rows; latency over {lat['bundle_runtime']['samples']} real test texts, "
                  f"{lat['threads']} threads")
+    if student:
+        comp = fig.get("compression", {})
+        if "prune" in comp:
+            lines.append(f"student: {comp['prune']['non_embedding_ratio']:.1%} of the teacher's non-embedding "
+                         f"parameters; keeps {q['student_retention']:.1%} of its test {headline}")
+        for alert in comp.get("distill", {}).get("alerts", []):
+            lines.append(f"alert: {alert}")
     val = fig["validation"]
     lines.append(f"validation vs PyTorch: max |diff| {val['max_abs_diff']:.2e} over {len(val['cases'])} "
                  f"batch x length cases (atol {val['atol']}, rtol {val['rtol']})")

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import edgekit_runtime
-from edgekit.pipeline import PASSES, compile_bundle
+from edgekit.pipeline import PASS_TABLE, compile_bundle, pass_names
 from edgekit.profiles import resolve_profile
 from edgekit.recipe import load_recipe
 from tests.tiny_models import make_csv, make_model_dir
@@ -40,7 +40,8 @@ def _compile(tmp_path, teacher, profile_name, **extra):
 def test_compile_x86_bundle_is_verified_and_faithful(tmp_path, bert_dir):
     state = _compile(tmp_path, bert_dir, "x86-64-cpu")
     manifest = edgekit_runtime.verify_bundle(state.bundle_path)
-    assert [p["name"] for p in manifest["pass_log"]] == [name for name, _ in PASSES]
+    assert [p["name"] for p in manifest["pass_log"]] == pass_names(state.recipe)
+    assert "prune" not in pass_names(state.recipe)  # no student unless the recipe asks for one
     assert manifest["task"] == {"name": "sequence-classification", "labels": ["negative", "neutral", "positive"]}
     assert manifest["profile"]["name"] == "x86-64-cpu"
     assert manifest["recipe"]["finetune"]["max_steps"] == 20
@@ -92,11 +93,13 @@ def test_failed_compile_leaves_no_bundle(tmp_path, bert_dir, monkeypatch):
     def broken(state):
         raise edgekit_runtime.EdgekitError("validation exploded on purpose")
 
-    monkeypatch.setattr(pipeline, "PASSES", [p if p[0] != "validate" else ("validate", broken) for p in PASSES])
+    monkeypatch.setitem(pipeline.PASS_TABLE, "validate", broken)
     with pytest.raises(edgekit_runtime.EdgekitError, match="on purpose"):
         _compile(tmp_path, bert_dir, "x86-64-cpu")
     assert not (tmp_path / "bundle").exists()
-    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".bundle")]
+    assert not [p for p in tmp_path.iterdir() if ".partial" in p.name]
+    # What --resume needs stays: the fine-tuned teacher's weights.
+    assert (tmp_path / ".bundle.work" / "teacher-finetuned.pt").is_file()
 
 
 def test_existing_bundle_needs_force(tmp_path, bert_dir):

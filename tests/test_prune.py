@@ -265,11 +265,16 @@ def test_format_plan_has_a_row_per_layer_and_totals():
     ({"heads_to_keep": 1, "head_scope": "layer"}, "use one of 'per-layer', 'global'"),
     ({"heads_to_keep": 1, "head_score": "taylor"}, "use one of 'gradient', 'variance'"),
     ({"ffn_keep_ratio": 0.5, "ffn_score": "l1"}, "use one of 'taylor', 'magnitude'"),
-    ({}, "nothing to prune"),
 ])
 def test_prune_config_errors_say_how_to_fix(kwargs, match):
     with pytest.raises(PruneError, match=match):
         PruneConfig(**kwargs)
+
+
+def test_an_empty_prune_config_is_refused_when_planning():
+    assert PruneConfig().is_noop
+    with pytest.raises(PruneError, match="nothing to prune.*Fix"):
+        make_plan(tiny("bert"), PruneConfig(), PruneScores())
 
 
 def test_plans_and_scores_that_cannot_fit_the_model_are_refused():

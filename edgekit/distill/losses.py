@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..recipe import _require
+from ..config import _require
 from .schedules import Schedule
 
 

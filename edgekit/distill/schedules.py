@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..recipe import _require
+from ..config import _require
 
 SHAPES = ("linear", "cosine", "constant")
 

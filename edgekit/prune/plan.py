@@ -49,9 +49,15 @@ class PruneConfig:
                                   or not 0 < ratio <= 1):
             _bad("ffn_keep_ratio", ratio, "use a fraction in (0, 1], e.g. 0.5 keeps half the neurons, "
                                           "or None to keep them all.")
-        if self.layers_to_keep is None and self.heads_to_keep is None and ratio is None:
+
+    @property
+    def is_noop(self) -> bool:
+        return self.layers_to_keep is None and self.heads_to_keep is None and self.ffn_keep_ratio is None
+
+    def require_something(self) -> None:
+        if self.is_noop:
             raise PruneError("[prune] nothing to prune: layers_to_keep, heads_to_keep and ffn_keep_ratio are all "
-                             "None. Fix: set at least one of them.")
+                             "None. Fix: set at least one of them (e.g. layers_to_keep = 3, heads_to_keep = 8).")
 
 
 @dataclass(frozen=True)
@@ -168,6 +174,7 @@ def _check_scores(name: str, scores, sizes: list[int], fix: str) -> None:
 
 def make_plan(model: nn.Module, cfg: PruneConfig, scores: PruneScores) -> PrunePlan:
     """Turn a config and importance scores into what to keep (see compute_scores)."""
+    cfg.require_something()
     shapes = layer_shapes(model)
     n, fix = len(shapes), "compute them with edgekit.prune.compute_scores(model, cfg, batches)."
     if cfg.layers_to_keep is None:

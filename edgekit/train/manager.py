@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 
-from ..recipe import _require
+from ..config import _require
 
 
 @dataclass(frozen=True)
