@@ -75,3 +75,14 @@ def test_help_teaches_with_examples(args, expected):
 def test_help_is_instant_no_torch_import():
     code = "import sys; from edgekit.cli import main; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True)
+
+
+def test_plan_prints_the_cut_and_trains_nothing(tmp_path):
+    teacher = make_model_dir(tmp_path / "bert")
+    data = make_csv(tmp_path / "d.csv", rows=60)
+    result = run("compile", "--profile", "x86-64-cpu", "--teacher", str(teacher), "--data", str(data),
+                 "--layers", "1", "--heads", "2", "--plan", "--out", str(tmp_path / "b"))
+    assert result.exit_code == 0, result.output
+    assert "4 -> 2" in result.output  # heads per kept layer
+    assert "total" in result.output.lower()
+    assert not (tmp_path / "b").exists() and not (tmp_path / ".b.work").exists()

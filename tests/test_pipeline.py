@@ -111,3 +111,69 @@ def test_existing_bundle_needs_force(tmp_path, bert_dir):
 def test_unknown_rule_fails_before_training(tmp_path, bert_dir):
     with pytest.raises(edgekit_runtime.EdgekitError, match="gelu-magic"):
         _compile(tmp_path, bert_dir, "x86-64-cpu", rewrite={"rules": ["gelu-magic"]})
+
+
+STUDENT = {"student": {"enabled": True, "importance_batches": 2, "importance_batch_size": 8},
+           "prune": {"layers_to_keep": 1, "heads_to_keep": 2, "head_score": "gradient"},
+           "student_train": {"max_steps": 6, "batch_size": 8, "grad_accum": 2, "learning_rate": 1e-3,
+                             "eval_every": 3}}
+
+
+def test_pruned_distilled_student_is_exported_and_validated(tmp_path, bert_dir):
+    state = _compile(tmp_path, bert_dir, "jetson-orin", **STUDENT)
+    manifest = edgekit_runtime.verify_bundle(state.bundle_path)
+    names = [p["name"] for p in manifest["pass_log"]]
+    assert names[4:7] == ["prune", "distill", "evaluate-student"]
+    prune = manifest["figures"]["compression"]["prune"]
+    assert [r["kept"] for r in prune["plan"]] == [False, True] or [r["kept"] for r in prune["plan"]] == [True, False]
+    assert prune["reload_max_abs_diff"] <= 1e-5 and prune["non_embedding_ratio"] < 0.5
+    assert manifest["recipe"]["student"]["order"] == ["prune", "distill"]
+    # The bundle is the student: one layer and two heads' worth of attention weights.
+    graph = onnx.load(str(state.bundle_path / "model.onnx"))
+    n_params = sum(int(np.prod(t.dims)) for t in graph.graph.initializer)
+    assert n_params < sum(p.numel() for p in state.teacher.parameters())
+    assert manifest["figures"]["validation"]["max_abs_diff"] < 1e-4
+    curve = (state.bundle_path / "training" / "student_loss_curve.jsonl").read_text().splitlines()
+    rows = [json.loads(line) for line in curve]
+    assert {"kd", "task", "temperature", "lr"} <= set(rows[0])
+    assert rows[0]["temperature"] == pytest.approx(4.0)
+    q = manifest["figures"]["quality"]
+    assert 0 <= q["student_pytorch"]["macro_f1"] <= 1
+    assert q["bundle_runtime"]["macro_f1"] == pytest.approx(q["student_pytorch"]["macro_f1"], abs=1e-9)
+
+
+def test_student_order_is_a_recipe_choice(tmp_path, bert_dir):
+    state = _compile(tmp_path, bert_dir, "x86-64-cpu", **{**STUDENT, "student": {**STUDENT["student"],
+                                                                                  "order": ["distill", "prune"]}})
+    names = [p["name"] for p in state.pass_log]
+    assert names.index("distill") < names.index("prune")
+
+
+def test_resume_continues_after_a_failure(tmp_path, bert_dir, monkeypatch):
+    import edgekit.pipeline as pipeline
+
+    def broken(state):
+        raise edgekit_runtime.EdgekitError("interrupted on purpose")
+
+    monkeypatch.setitem(pipeline.PASS_TABLE, "evaluate-student", broken)
+    with pytest.raises(edgekit_runtime.EdgekitError, match="on purpose"):
+        _compile(tmp_path, bert_dir, "x86-64-cpu", **STUDENT)
+    monkeypatch.undo()
+    recipe = _recipe(tmp_path, bert_dir, "x86-64-cpu", **STUDENT)
+    state = compile_bundle(recipe, resolve_profile("x86-64-cpu"), echo=lambda s: None, resume=True)
+    log = {p["name"]: p for p in state.pass_log}
+    assert "resumed" in log["finetune"]["notes"][0]
+    assert log["distill"]["figures"]["resumed_from"] == 6
+    assert not (tmp_path / ".bundle.work").exists()  # removed once the bundle is written
+
+
+def test_resume_refuses_a_changed_recipe(tmp_path, bert_dir, monkeypatch):
+    import edgekit.pipeline as pipeline
+
+    monkeypatch.setitem(pipeline.PASS_TABLE, "export", lambda state: (_ for _ in ()).throw(
+        edgekit_runtime.EdgekitError("stop")))
+    with pytest.raises(edgekit_runtime.EdgekitError):
+        _compile(tmp_path, bert_dir, "x86-64-cpu")
+    recipe = _recipe(tmp_path, bert_dir, "x86-64-cpu", finetune={"max_steps": 21})
+    with pytest.raises(edgekit_runtime.EdgekitError, match="recipe changed.*finetune"):
+        compile_bundle(recipe, resolve_profile("x86-64-cpu"), echo=lambda s: None, resume=True)
