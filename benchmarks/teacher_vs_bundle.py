@@ -62,6 +62,7 @@ def main(argv=None) -> int:
     profile = resolve_profile(args.profile)
     with tempfile.TemporaryDirectory() as tmp:
         recipe = load_recipe(None, {"profile": profile.name, "teacher": args.teacher, "threads": threads,
+                                    "student": {"enabled": False},  # the teacher itself is bundled here
                                     "data": {"path": args.data}, "finetune": {"max_steps": args.max_steps},
                                     "bundle": {"out": str(Path(tmp) / "bundle")}})
         state = compile_bundle(recipe, profile, echo=lambda s: print(s, file=sys.stderr))

@@ -16,6 +16,7 @@ def format_summary(state: "CompileState") -> str:
     fig = state.figures
     q, lat = fig.get("quality", {}), fig.get("latency", {})
     teacher_bytes = sum(p.numel() * p.element_size() for p in state.teacher.parameters())
+    bundle_bytes = sum(p.stat().st_size for p in state.bundle_path.rglob("*") if p.is_file())
     student = "student_pytorch" in q
     head = ["", "teacher (PyTorch)"] + (["student (PyTorch)"] if student else []) + [f"bundle ({q.get('backend', '?')})"]
     rows = [tuple(head)]

@@ -86,3 +86,21 @@ def test_plan_prints_the_cut_and_trains_nothing(tmp_path):
     assert "4 -> 2" in result.output  # heads per kept layer
     assert "total" in result.output.lower()
     assert not (tmp_path / "b").exists() and not (tmp_path / ".b.work").exists()
+
+
+def test_compile_prints_the_summary_and_writes_the_bundle(tmp_path):
+    teacher = make_model_dir(tmp_path / "bert")
+    data = make_csv(tmp_path / "d.csv", rows=90)
+    recipe = tmp_path / "r.toml"
+    recipe.write_text("max_length = 32\nthreads = 1\n[finetune]\nmax_steps = 4\nbatch_size = 8\n"
+                      "[student_train]\nmax_steps = 2\nbatch_size = 8\ngrad_accum = 1\n"
+                      "[validate]\nbatch_sizes = [1, 2]\nlengths = [8, 32]\nbatches_per_shape = 1\n"
+                      "[rewrite]\nmeasure_samples = 8\n")
+    result = run("compile", "--profile", "raspberry-pi-5", "--teacher", str(teacher), "--data", str(data),
+                 "--recipe", str(recipe), "--layers", "1", "--heads", "2", "--out", str(tmp_path / "b"))
+    assert result.exit_code == 0, result.output
+    for expected in ("teacher (PyTorch)", "student (PyTorch)", "bundle (ort-cpu)", "test macro_f1",
+                     "majority-class baseline", "validation vs PyTorch", "non-embedding parameters",
+                     f"bundle: {tmp_path / 'b'}"):
+        assert expected in result.output, expected
+    assert (tmp_path / "b" / "manifest.json").is_file() and not (tmp_path / ".b.work").exists()
