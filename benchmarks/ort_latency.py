@@ -1,0 +1,68 @@
+"""Interleaved ONNX Runtime latency of several graphs at one fixed shape, in a fresh process.
+
+Run as a subprocess by the other benchmarks so that no torch thread pool or training state
+shares the process with the timed sessions (what a device runs is onnxruntime alone).
+
+    python benchmarks/ort_latency.py --text-file T --seq 128 --iters 300 --threads 2 A=a.onnx B=b.onnx
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from tokenizers import Tokenizer
+
+_DTYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("graphs", nargs="+", help="NAME=PATH of each ONNX graph")
+    ap.add_argument("--tokenizer", required=True, help="tokenizer.json")
+    ap.add_argument("--text-file", required=True, help="the text to feed (UTF-8)")
+    ap.add_argument("--seq", type=int, default=128)
+    ap.add_argument("--iters", type=int, default=300)
+    ap.add_argument("--warmup", type=int, default=20)
+    ap.add_argument("--threads", type=int, default=2)
+    args = ap.parse_args(argv)
+    tok = Tokenizer.from_file(args.tokenizer)
+    tok.enable_truncation(args.seq)
+    tok.enable_padding(length=args.seq)
+    enc = tok.encode(Path(args.text_file).read_text(encoding="utf-8"))
+    values = {"input_ids": enc.ids, "attention_mask": enc.attention_mask, "token_type_ids": enc.type_ids}
+    runners = {}
+    for item in args.graphs:
+        name, path = item.split("=", 1)
+        opts = ort.SessionOptions()
+        opts.intra_op_num_threads = args.threads
+        session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        feeds = {i.name: np.asarray([values[i.name]], dtype=_DTYPES[i.type]) for i in session.get_inputs()}
+        runners[name] = (session, feeds)
+    names = list(runners)
+    for _ in range(args.warmup):
+        for name in names:
+            runners[name][0].run(None, runners[name][1])
+    times = {n: [] for n in names}
+    for i in range(args.iters):
+        k = i % len(names)
+        for name in names[k:] + names[:k]:
+            session, feeds = runners[name]
+            start = time.perf_counter()
+            session.run(None, feeds)
+            times[name].append((time.perf_counter() - start) * 1e3)
+    out = {n: {"median_ms": round(float(np.median(t)), 3), "p90_ms": round(float(np.percentile(t, 90)), 3),
+               "samples": len(t)} for n, t in times.items()}
+    out["threads"] = args.threads
+    out["seq"] = len(enc.ids)
+    json.dump(out, sys.stdout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
