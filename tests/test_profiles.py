@@ -27,6 +27,13 @@ def test_every_packaged_profile_loads():
         assert {k: (t.atol, t.rtol) for k, t in p.tolerances.items()} == {k: TOLERANCES[k] for k in p.precisions}
 
 
+def test_int8_formats_per_target():
+    for p in load_profiles():
+        assert p.int8_format in p.int8_formats
+        if "tensorrt" in p.backends:
+            assert p.int8_formats == ("qdq",), p.name  # TensorRT reads only QDQ graphs
+
+
 def test_jetson_orin_values():
     p = resolve_profile("jetson-orin")
     assert (p.jetpack, p.tensorrt, p.cuda, p.compute_capability) == ("6.2", "10.3", "12.6", "8.7")
@@ -105,8 +112,12 @@ def test_user_profile_by_path(tmp_path):
     (_set("precisions", 'precisions = ["fp32", "int8"]'), "default_precision"),
     (lambda t: re.sub(r"\[tolerances\.int8\]\natol = .*\nrtol = .*\n", "", t), "tolerances.int8"),
     (_set("tensorrt", ""), "tensorrt"),
+    (_set("int8_formats", ""), "int8_formats"),
+    (_set("int8_formats", 'int8_formats = ["qdq", "qoperator"]'), "int8_formats"),
+    (_set("int8_format", 'int8_format = "qoperator"'), "int8_format"),
 ], ids=["unknown-key", "wrong-type", "missing-field", "bool-for-int", "default-not-allowed",
-        "missing-tolerance", "gpu-without-tensorrt"])
+        "missing-tolerance", "gpu-without-tensorrt", "int8-without-format", "tensorrt-with-qoperator",
+        "default-format-not-listed"])
 def test_invalid_profile_names_file_key_and_fix(tmp_path, edit, key):
     path = _user_profile(tmp_path, edit)
     with pytest.raises(ProfileError) as exc:

@@ -23,6 +23,7 @@ PRECISIONS = ("fp32", "fp16", "int8")
 TOKEN_DTYPES = ("int64", "int32")
 ARCHITECTURES = ("aarch64", "x86_64")
 ACCELERATORS = ("gpu", "cpu")
+INT8_FORMATS = ("qdq", "qoperator")
 
 
 @dataclass(frozen=True)
@@ -50,6 +51,8 @@ class DeviceProfile:
     memory_budget_mb: int
     max_sequence_length: int
     tolerances: Mapping[str, Tolerance] = field(hash=False)
+    int8_formats: tuple[str, ...] = ()  # int8 graph formats the target takes; required when int8 is allowed
+    int8_format: str | None = None  # the default among them
     jetpack: str | None = None
     tensorrt: str | None = None
     cuda: str | None = None
@@ -81,7 +84,7 @@ class DeviceProfile:
             if f.name in ("source", "sha256"):
                 continue
             value = getattr(self, f.name)
-            if value is None:
+            if value is None or (f.name == "int8_formats" and not value):
                 continue
             if isinstance(value, tuple):
                 value = list(value)
@@ -108,6 +111,8 @@ _SCHEMA: dict[str, tuple[Any, bool, tuple | None, str]] = {
     "memory_budget_mb": (int, True, None, "memory the model may use on the device, MiB"),
     "max_sequence_length": (int, True, None, "longest sequence the target should be given"),
     "tolerances": (dict, True, None, "[tolerances.fp32] atol = ..., rtol = ... per precision"),
+    "int8_formats": (list, False, INT8_FORMATS, "int8 graph formats the target takes, e.g. ['qdq']"),
+    "int8_format": (str, False, INT8_FORMATS, "the default int8 format, one of int8_formats"),
     "jetpack": (str, False, None, "JetPack version, e.g. '6.2'"),
     "tensorrt": (str, False, None, "TensorRT version, e.g. '10.3'"),
     "cuda": (str, False, None, "CUDA version, e.g. '12.6'"),
@@ -182,6 +187,19 @@ def profile_from_dict(data: Mapping[str, Any], source: str = "<dict>") -> Device
         raise fail(f"tolerances.{missing[0]}", f"precision {missing[0]!r} is allowed but has no tolerance",
                    f"add [tolerances.{missing[0]}] with atol and rtol")
     values["tolerances"] = MappingProxyType(tolerances)
+    if "int8" in values["precisions"]:
+        if not values.get("int8_formats"):
+            raise fail("int8_formats", "int8 is an allowed precision but no int8 format is named",
+                       f"add int8_formats = [...] from {list(INT8_FORMATS)} (TensorRT takes only 'qdq')")
+        if values.get("int8_format") not in values["int8_formats"]:
+            raise fail("int8_format", f"{values.get('int8_format')!r} is not one of int8_formats "
+                       f"{list(values['int8_formats'])}", "set int8_format to one of int8_formats")
+    elif "int8_formats" in values or "int8_format" in values:
+        raise fail("int8_formats", "int8 formats are named but int8 is not in precisions",
+                   "add \"int8\" to precisions or remove int8_formats / int8_format")
+    if "tensorrt" in values["backends"] and values.get("int8_formats") and values["int8_formats"] != ("qdq",):
+        raise fail("int8_formats", f"{list(values['int8_formats'])}: TensorRT's explicit quantization reads only "
+                   "QuantizeLinear/DequantizeLinear graphs", 'use int8_formats = ["qdq"] for a TensorRT target')
     gpu_backends = [b for b in values["backends"] if b != "ort-cpu"]
     if values["accelerator"] == "cpu" and gpu_backends:
         raise fail("backends", f"GPU backend {gpu_backends[0]!r} on a CPU-only target",

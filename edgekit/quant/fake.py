@@ -1,0 +1,238 @@
+"""int8 fake quantization for nn.Linear (QAT), exported as standard QuantizeLinear/DequantizeLinear.
+
+Numerics, chosen for TensorRT's explicit-quantization path (symmetric, zero point 0 everywhere):
+
+    weights      per output channel, scale = max|w_row| / 127, q in [-127, 127] (narrow range);
+                 recomputed from the current weights every forward, so training moves it.
+    activations  per tensor (the Linear's input), scale = amax / 127 with amax an EMA of
+                 max|x| (or a percentile of |x|) observed during calibration, q in [-128, 127].
+
+The activation clamp is [-128, 127] because that is what ONNX QuantizeLinear does at export; the
+torch model and the exported graph then round and clip identically (both round half to even).
+Weights never reach -128 since the scale comes from their own max, so narrow range is exact.
+
+The straight-through estimator is the clipped one: d(fq(x))/dx = 1 inside the representable
+range [-128 s, 127 s] and 0 outside it (as PyTorch's FakeQuantize masks it). Scales get no gradient.
+
+PyTorch's fused fake-quant/observer ops do not export at opset 13 (pytorch issue 102694), so the
+fake quant here is plain round/clamp, and under ``torch.onnx.is_in_onnx_export()`` it goes through
+``_QDQ``, an autograd Function whose ``symbolic`` emits the Q/DQ pair for the legacy exporter.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from fnmatch import fnmatchcase
+from typing import Any
+
+import torch
+from torch import nn
+
+from edgekit_runtime.errors import EdgekitError
+
+from ..config import _require
+
+QMAX = 127
+ACT_QMIN = -128       # what QuantizeLinear saturates to
+WEIGHT_QMIN = -127    # narrow range; symmetric around zero
+OBSERVING, QUANTIZING = "observing", "quantizing"
+
+
+class QuantError(EdgekitError):
+    """A model cannot be prepared, calibrated or fake-quantized as asked."""
+
+
+# Every Linear of the encoder layers (Q, K, V, attention output, FFN in and out) of BERT/RoBERTa
+# (`*.encoder.layer.*`) and DistilBERT (`*.transformer.layer.*`), plus BERT's pooler.
+DEFAULT_INCLUDE = ("*.encoder.layer.*", "*.transformer.layer.*", "*.pooler.dense")
+# The classification head stays fp32: it is a few hundred MACs per sequence (no speed to gain),
+# and its error lands on the logits unaveraged, where the distillation loss and argmax read it.
+# (RoBERTa's pooler-like `classifier.dense` and DistilBERT's `pre_classifier` belong to the head.)
+DEFAULT_EXCLUDE = ("*classifier*",)
+
+
+@dataclass(frozen=True)
+class QATConfig:
+    """Which Linear modules get int8 fake quant, and how activation ranges are observed."""
+
+    include: tuple[str, ...] = DEFAULT_INCLUDE   # fnmatch patterns over qualified module names
+    exclude: tuple[str, ...] = DEFAULT_EXCLUDE   # applied after include
+    observer_momentum: float = 0.9               # amax <- m * amax + (1 - m) * batch statistic
+    calibration_batches: int = 16                # batches `calibrate` observes before QAT
+    activation_percentile: float | None = None   # batch statistic: None = max|x|, else this percentile of |x|
+
+    def __post_init__(self):
+        for key in ("include", "exclude"):
+            value = getattr(self, key)
+            value = (value,) if isinstance(value, str) else tuple(value)
+            object.__setattr__(self, key, value)
+            _require(all(isinstance(p, str) and p for p in value), "qat", key, value,
+                     "must be a list of non-empty module-name patterns", 'e.g. ["*.encoder.layer.*"]')
+        _require(bool(self.include), "qat", "include", self.include, "quantizes nothing",
+                 f"leave it out for the default {list(DEFAULT_INCLUDE)}")
+        _require(0.0 <= self.observer_momentum < 1.0, "qat", "observer_momentum", self.observer_momentum,
+                 "must be in [0, 1) (0 keeps only the last batch)", "use 0.9")
+        _require(isinstance(self.calibration_batches, int) and self.calibration_batches >= 1, "qat",
+                 "calibration_batches", self.calibration_batches, "must be a positive integer", "use 16")
+        p = self.activation_percentile
+        _require(p is None or 50.0 < p <= 100.0, "qat", "activation_percentile", p,
+                 "must be in (50, 100]", "use e.g. 99.99, or leave it out to observe max|x|")
+
+
+def per_channel_scale(weight: torch.Tensor) -> torch.Tensor:
+    """Symmetric int8 scale per output channel (row) of a [out, in] weight; 1.0 for an all-zero row."""
+    amax = weight.detach().abs().amax(dim=1)
+    return torch.where(amax > 0, amax / QMAX, torch.ones_like(amax))
+
+
+def fake_quant(x: torch.Tensor, scale: torch.Tensor, qmin: int, qmax: int = QMAX, axis: int | None = None
+               ) -> torch.Tensor:
+    """Quantize-dequantize ``x`` (zero point 0) with a clipped straight-through gradient.
+
+    ``scale`` is a scalar (per tensor) or 1-D along ``axis`` (per channel).
+    """
+    scale = scale.detach()
+    if axis is not None:
+        scale = scale.reshape([-1 if d == axis % x.dim() else 1 for d in range(x.dim())])
+    q = torch.clamp(torch.round(x / scale), qmin, qmax) * scale
+    clipped = torch.clamp(x, qmin * scale, qmax * scale)  # gradient 1 inside the range, 0 outside
+    return clipped + (q - clipped).detach()
+
+
+class _QDQ(torch.autograd.Function):
+    """Fake quant that the legacy exporter writes as QuantizeLinear -> DequantizeLinear."""
+
+    @staticmethod
+    def forward(ctx, x, scale, qmin, axis, channels):
+        return fake_quant(x, scale, qmin, QMAX, axis)
+
+    @staticmethod
+    def symbolic(g, x, scale, qmin, axis, channels):
+        shape = (channels,) if axis is not None else ()
+        zero = g.op("Constant", value_t=torch.zeros(shape, dtype=torch.int8))
+        kwargs = {"axis_i": axis} if axis is not None else {}
+        q = g.op("QuantizeLinear", x, scale, zero, **kwargs)
+        return g.op("DequantizeLinear", q, scale, zero, **kwargs)
+
+
+def _qdq(x: torch.Tensor, scale: torch.Tensor, qmin: int, axis: int | None = None, channels: int | None = None
+         ) -> torch.Tensor:
+    if torch.onnx.is_in_onnx_export():
+        # Scales become graph constants (TensorRT needs constant Q/DQ scales; the exporter's constant
+        # folding leaves Abs/ReduceMax/Where of the weight in place); channels is a Python int so
+        # the tracer does not record scale.numel().
+        frozen = torch.tensor(scale.detach().tolist(), dtype=torch.float32)
+        return _QDQ.apply(x, frozen, qmin, axis, channels)
+    return fake_quant(x, scale, qmin, QMAX, axis)
+
+
+class QuantLinear(nn.Module):
+    """An nn.Linear with int8 fake quant on its input (observed per tensor) and weight (per channel).
+
+    ``mode`` is ``"observing"`` (fp32 forward; the input range is observed) or ``"quantizing"``
+    (fake quant with the observed range frozen, as in calibrate-then-fine-tune QAT).
+    """
+
+    def __init__(self, linear: nn.Linear, momentum: float = 0.9, percentile: float | None = None):
+        super().__init__()
+        self.in_features, self.out_features = linear.in_features, linear.out_features
+        self.weight, self.bias = linear.weight, linear.bias   # the same Parameters: optimizers keep them
+        self.momentum, self.percentile = momentum, percentile
+        self.mode = OBSERVING
+        self.register_buffer("input_amax", torch.tensor(float("nan")))
+
+    def extra_repr(self) -> str:
+        return (f"in_features={self.in_features}, out_features={self.out_features}, mode={self.mode}, "
+                f"input_amax={self.input_amax.item():.4g}")
+
+    @torch.no_grad()
+    def observe(self, x: torch.Tensor) -> None:
+        """Fold this batch's max|x| (or percentile of |x|) into the EMA; the first batch sets it."""
+        flat = x.detach().abs().flatten().float()
+        if self.percentile is None or self.percentile >= 100.0:
+            stat = flat.max()
+        else:  # kthvalue has no size limit (torch.quantile stops at 2**24 elements)
+            k = max(1, min(flat.numel(), round(self.percentile / 100.0 * flat.numel())))
+            stat = flat.kthvalue(k).values
+        if torch.isnan(self.input_amax):
+            self.input_amax.copy_(stat)
+        else:
+            self.input_amax.mul_(self.momentum).add_((1.0 - self.momentum) * stat)
+
+    def input_scale(self) -> torch.Tensor:
+        if not torch.isfinite(self.input_amax) or self.input_amax <= 0:
+            raise QuantError(f"QuantLinear({self.in_features}->{self.out_features}) has no observed input "
+                               f"range (input_amax={self.input_amax.item()}). Fix: run edgekit.quant.calibrate("
+                               f"model, batches) before enable_fake_quant(model).")
+        return self.input_amax / QMAX
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == OBSERVING:
+            if not torch.onnx.is_in_onnx_export():
+                self.observe(x)
+            return nn.functional.linear(x, self.weight, self.bias)
+        x = _qdq(x, self.input_scale(), ACT_QMIN)
+        w = _qdq(self.weight, per_channel_scale(self.weight), WEIGHT_QMIN, 0, self.out_features)
+        return nn.functional.linear(x, w, self.bias)
+
+
+def _selected(name: str, cfg: QATConfig) -> bool:
+    return (any(fnmatchcase(name, p) for p in cfg.include)
+            and not any(fnmatchcase(name, p) for p in cfg.exclude))
+
+
+def prepare_qat(model: nn.Module, cfg: QATConfig = QATConfig()) -> nn.Module:
+    """Replace, in place, every selected nn.Linear by a QuantLinear (observing); nothing else changes."""
+    targets = [name for name, m in model.named_modules() if type(m) is nn.Linear and _selected(name, cfg)]
+    if not targets:
+        linears = [name for name, m in model.named_modules() if type(m) is nn.Linear]
+        raise QuantError(f"QATConfig(include={list(cfg.include)}, exclude={list(cfg.exclude)}) selects no "
+                         f"nn.Linear of {type(model).__name__}; its Linears are {linears[:6]}"
+                         f"{'...' if len(linears) > 6 else ''}. Fix: adjust the include/exclude patterns.")
+    for name in targets:
+        parent_name, _, attr = name.rpartition(".")
+        parent = model.get_submodule(parent_name) if parent_name else model
+        setattr(parent, attr, QuantLinear(getattr(parent, attr), cfg.observer_momentum, cfg.activation_percentile))
+    return model
+
+
+def quantized_linears(model: nn.Module) -> dict[str, QuantLinear]:
+    """Qualified name -> QuantLinear, in module order."""
+    return {name: m for name, m in model.named_modules() if isinstance(m, QuantLinear)}
+
+
+def enable_fake_quant(model: nn.Module, on: bool = True) -> nn.Module:
+    """Switch every QuantLinear to quantizing (``on``) or back to observing."""
+    linears = quantized_linears(model)
+    if not linears:
+        raise QuantError("model has no QuantLinear. Fix: call prepare_qat(model, cfg) first.")
+    for m in linears.values():
+        if on:
+            m.input_scale()  # fails now, naming the fix, rather than in the first forward
+        m.mode = QUANTIZING if on else OBSERVING
+    return model
+
+
+@torch.no_grad()
+def calibrate(model: nn.Module, batches: Iterable[Mapping[str, Any] | tuple], max_batches: int | None = None
+              ) -> dict[str, float]:
+    """Observe input ranges (fake quant off, eval mode) on ``batches``; return name -> amax."""
+    linears = quantized_linears(model)
+    if not linears:
+        raise QuantError("model has no QuantLinear. Fix: call prepare_qat(model, cfg) before calibrate.")
+    was_training = model.training
+    enable_fake_quant(model, on=False)
+    model.eval()
+    seen = 0
+    try:
+        for batch in batches:
+            if max_batches is not None and seen >= max_batches:
+                break
+            model(**batch) if isinstance(batch, Mapping) else model(*batch)
+            seen += 1
+    finally:
+        model.train(was_training)
+    if seen == 0:
+        raise QuantError("calibrate got no batches. Fix: pass at least one batch of model inputs.")
+    return {name: float(m.input_amax) for name, m in linears.items()}

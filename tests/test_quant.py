@@ -1,0 +1,284 @@
+"""int8 QAT: fake-quant numerics, the observer, prepare_qat, QDQ export, and the int8 ONNX post-passes."""
+
+import copy
+from collections import Counter
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from onnx import TensorProto, helper, numpy_helper
+from torch import nn
+
+from edgekit.config import RecipeError
+from edgekit.distill import DistillConfig, LogitKDConfig, Schedule, distill_loss
+from edgekit.export.graph import GraphIndex
+from edgekit.export.onnx_export import export_onnx
+from edgekit.quant.fake import (QATConfig, QuantError, QuantLinear, calibrate, enable_fake_quant, fake_quant,
+                                per_channel_scale, prepare_qat, quantized_linears)
+from edgekit.quant.onnx_int8 import fold_weight_quantize, quantize_embeddings, quantize_like_onnx
+from edgekit.tasks import get_task
+from onnx_fixtures import ARCHS, run_onnx, single_op_model, tiny_inputs, tiny_model
+from tests.tiny_models import make_tokenizer
+
+TEXTS = ["good phone", "the battery was very bad", "a day", "really not great screen", "happy car",
+         "awful awful phone was sad", "the screen is fine", "quite lovely"]
+# Ops of the fp32 islands: LayerNorm's decomposition, Softmax, GELU's Erf. No Q/DQ may touch them.
+FP32_OPS = {"ReduceMean", "Sqrt", "Pow", "Softmax", "Erf"}
+STANDARD = ("", "ai.onnx")
+
+
+# --- fake quant numerics --------------------------------------------------------------------------
+
+def test_weight_fake_quant_per_channel_matches_hand_computation():
+    w = torch.tensor([[0.5, -1.0], [0.2, 0.1]])
+    scale = per_channel_scale(w)
+    assert torch.allclose(scale, torch.tensor([1.0 / 127, 0.2 / 127]))
+    # w / scale = [[63.5, -127], [127, 63.5]]: both ties round half to even, to 64.
+    expected = torch.tensor([[64 / 127, -1.0], [0.2, 64 * 0.2 / 127]])
+    assert torch.allclose(fake_quant(w, scale, -127, axis=0), expected, atol=1e-7)
+    assert torch.equal(per_channel_scale(torch.zeros(2, 3)), torch.ones(2))  # all-zero row: no 0/0
+
+
+def test_activation_fake_quant_and_clipped_straight_through_gradient():
+    scale = torch.tensor(0.5)          # amax 63.5: range [-128 * 0.5, 127 * 0.5] = [-64, 63.5]
+    x = torch.tensor([0.3, 1.25, -0.75, 70.0, -70.0, -64.0], requires_grad=True)
+    y = fake_quant(x, scale, -128)
+    # x / s = [0.6, 2.5, -1.5, 140, -140, -128] -> [1, 2, -2, 127, -128, -128] (half to even, saturated)
+    assert y.tolist() == [0.5, 1.0, -1.0, 63.5, -64.0, -64.0]
+    y.sum().backward()
+    # Straight through inside the representable range (boundary included), zero where it clipped.
+    assert x.grad.tolist() == [1.0, 1.0, 1.0, 0.0, 0.0, 1.0]
+
+
+def test_quant_linear_gradient_reaches_the_weight():
+    torch.manual_seed(0)
+    layer = QuantLinear(nn.Linear(4, 3))
+    x = torch.randn(5, 4)
+    layer.observe(x)
+    layer.mode = "quantizing"
+    layer(x).pow(2).sum().backward()
+    xq = fake_quant(x, layer.input_scale(), -128).detach()
+    wq = fake_quant(layer.weight, per_channel_scale(layer.weight), -127, axis=0).detach()
+    out = nn.functional.linear(xq, wq, layer.bias.detach())
+    # Weights never clip (the scale comes from their max), so d/dw is the plain Linear's at (xq, wq).
+    assert torch.allclose(layer.weight.grad, (2 * out).T @ xq, atol=1e-5)
+
+
+def test_observer_ema_and_percentile():
+    layer = QuantLinear(nn.Linear(2, 2), momentum=0.9)
+    layer.observe(torch.tensor([[0.5, -1.0]]))          # first batch sets amax
+    assert layer.input_amax.item() == pytest.approx(1.0)
+    layer.observe(torch.tensor([[3.0, 0.0]]))           # 0.9 * 1.0 + 0.1 * 3.0
+    assert layer.input_amax.item() == pytest.approx(1.2)
+    pct = QuantLinear(nn.Linear(2, 2), percentile=99.0)
+    pct.observe(torch.arange(1.0, 101.0).reshape(50, 2))  # the 99th of 1..100 is 99, not the max 100
+    assert pct.input_amax.item() == 99.0
+
+
+def test_config_and_state_errors_say_how_to_fix():
+    with pytest.raises(RecipeError, match="observer_momentum.*Fix"):
+        QATConfig(observer_momentum=1.0)
+    with pytest.raises(RecipeError, match="activation_percentile.*Fix"):
+        QATConfig(activation_percentile=10.0)
+    with pytest.raises(RecipeError, match="calibration_batches.*Fix"):
+        QATConfig(calibration_batches=0)
+    model = prepare_qat(tiny_model("bert"), QATConfig())
+    with pytest.raises(QuantError, match="calibrate"):
+        enable_fake_quant(model)
+    with pytest.raises(QuantError, match="selects no nn.Linear"):
+        prepare_qat(tiny_model("bert"), QATConfig(include=("*nothing*",)))
+
+
+def test_qat_fine_tunes_with_the_distillation_loss():
+    teacher = tiny_model("bert")
+    student = prepare_qat(copy.deepcopy(teacher), QATConfig())
+    torch.manual_seed(1)
+    student.classifier.reset_parameters()      # a fresh head, so there is something to learn
+    feeds = tiny_inputs(4, 12, seed=1)
+    batch = {k: torch.from_numpy(v) for k, v in feeds.items()} | {"labels": torch.tensor([0, 1, 2, 0])}
+    inputs = {k: v for k, v in batch.items() if k != "labels"}
+    calibrate(student, [inputs])
+    enable_fake_quant(student)
+    ranges = {n: m.input_amax.clone() for n, m in quantized_linears(student).items()}
+    query = student.bert.encoder.layer[0].attention.self.query
+    scale_before = per_channel_scale(query.weight).clone()
+    cfg = DistillConfig(logits=LogitKDConfig(temperature=Schedule(1.0, 1.0, "linear")),
+                        task_weight=Schedule(0.0, 0.0, "linear"), soft_only_fraction=0.0)   # KD only, fixed T
+    with torch.no_grad():
+        teacher_out = teacher(**inputs)
+    optimizer = torch.optim.Adam(student.parameters(), lr=3e-3)
+    losses = []
+    for step in range(15):
+        loss, _ = distill_loss(student(**inputs), teacher_out, batch, step, 15, cfg)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0]          # the fake-quant student learns through the STE
+    assert all(torch.equal(m.input_amax, ranges[n]) for n, m in quantized_linears(student).items())  # frozen
+    assert not torch.equal(per_channel_scale(query.weight), scale_before)   # weight scales follow the weights
+
+
+# --- prepare_qat ------------------------------------------------------------------------------------
+
+# 2 layers x (Q, K, V, attention out, FFN in, FFN out) + BERT's pooler; the classifier heads stay fp32.
+EXPECTED_QUANTIZED = {"bert": 13, "roberta": 12, "distilbert": 12}
+
+
+@pytest.mark.parametrize("arch", ARCHS)
+def test_prepare_qat_replaces_exactly_the_encoder_linears(arch):
+    model = tiny_model(arch)
+    before = Counter(type(m).__name__ for m in model.modules())
+    linears = {n for n, m in model.named_modules() if type(m) is nn.Linear}
+    prepare_qat(model, QATConfig())
+    after = Counter(type(m).__name__ for m in model.modules())
+    names = set(quantized_linears(model))
+
+    assert len(names) == EXPECTED_QUANTIZED[arch] and names < linears
+    assert all(".layer." in n or n.endswith("pooler.dense") for n in names)
+    assert all("classifier" in n for n in linears - names)
+    assert after["Linear"] == before["Linear"] - len(names) and after["QuantLinear"] == len(names)
+    # Everything else (LayerNorm, GELU, dropout, embeddings, attention) is the same modules.
+    assert {k: v for k, v in after.items() if k not in ("Linear", "QuantLinear")} == \
+           {k: v for k, v in before.items() if k != "Linear"}
+
+
+# --- QDQ export of a tiny BERT ----------------------------------------------------------------------
+
+@pytest.fixture(scope="module")
+def qat_export(tmp_path_factory):
+    """The tiny BERT exported by edgekit's exporter in fp32, then prepared, calibrated, fake-quantized."""
+    root = tmp_path_factory.mktemp("qat")
+    adapter, tokenizer = get_task("sequence-classification"), make_tokenizer()
+    model = tiny_model("bert")   # weights at std 0.2: logits around 1, so quantization error shows
+    feeds = {k: v.numpy() for k, v in adapter.collate(tokenizer, TEXTS, None, 32).items()}
+
+    def logits():
+        with torch.no_grad():
+            return model(**{k: torch.from_numpy(v) for k, v in feeds.items()}).logits.numpy()
+
+    fp32_path, fp32_logits = export_onnx(model, adapter, tokenizer, TEXTS, root / "fp32.onnx", 32), logits()
+    prepare_qat(model, QATConfig())
+    calibrate(model, [adapter.model_inputs(model, adapter.collate(tokenizer, TEXTS[i:i + 4], None, 32))
+                      for i in (0, 4)])
+    enable_fake_quant(model)
+    qat_path = export_onnx(model, adapter, tokenizer, TEXTS, root / "qat.onnx", max_length=32)
+    return {"path": qat_path, "feeds": feeds, "torch_logits": logits(), "fp32_path": fp32_path,
+            "fp32_logits": fp32_logits}
+
+
+def _dq_readers(model):
+    index = GraphIndex(model.graph)
+    return index, [r for n in model.graph.node if n.op_type == "DequantizeLinear" for r in index.users(n.output[0])]
+
+
+def test_qdq_export_is_standard_per_axis_and_matches_fake_quant_torch(qat_export):
+    path, feeds, torch_logits = qat_export["path"], qat_export["feeds"], qat_export["torch_logits"]
+    model = onnx.load(str(path))
+    onnx.checker.check_model(model, full_check=True)
+    ops = Counter(n.op_type for n in model.graph.node)
+    assert ops["QuantizeLinear"] == ops["DequantizeLinear"] == 2 * 13   # input + weight per Linear
+    assert all(n.domain in STANDARD for n in model.graph.node)
+
+    index, readers = _dq_readers(model)
+    per_axis = [n for n in model.graph.node if n.op_type == "DequantizeLinear" and index.constant(n.input[1]).ndim == 1]
+    assert len(per_axis) == 13   # the weights: 1-D scale, axis 0 of the [out, in] weight, zero point int8 0
+    for dq in per_axis:
+        assert [a.i for a in dq.attribute if a.name == "axis"] == [0]
+        assert index.constant(dq.input[2]).dtype == np.int8 and not index.constant(dq.input[2]).any()
+    # Linear = DQ(x) -> MatMul <- Transpose <- DQ(w) (+ Add), or Gemm(transB) for the 2-D pooler.
+    assert {r.op_type for r in readers} == {"MatMul", "Transpose", "Gemm"}
+    assert all(index.users(t.output[0])[0].op_type == "MatMul" for t in readers if t.op_type == "Transpose")
+    # fp32 islands: no Q reads a LayerNorm-interior/Softmax/Erf output and no DQ feeds one.
+    q_sources = {index.producer[n.input[0]].op_type for n in model.graph.node
+                 if n.op_type == "QuantizeLinear" and n.input[0] in index.producer}
+    assert not q_sources & FP32_OPS and not {r.op_type for r in readers} & FP32_OPS
+
+    logits = run_onnx(model, feeds)[0]
+    # Measured 1.5e-7 (logits up to 1.1): ORT and torch round alike (half to even) on the same fp32
+    # quotients. 1e-3 leaves room for one activation on the other side of a tie (one step, ~0.02,
+    # times the layers after it), and is still 1/50 of what int8 changes (fp32 vs QAT: ~0.1).
+    assert np.abs(logits - torch_logits).max() < 1e-3
+    assert np.abs(qat_export["fp32_logits"] - torch_logits).max() > 0.05
+
+
+def test_fold_weight_quantize_stores_int8_weights_and_keeps_outputs(qat_export, tmp_path):
+    path, feeds = qat_export["path"], qat_export["feeds"]
+    model = onnx.load(str(path))
+    out, report = fold_weight_quantize(model)
+
+    assert report.folded == 13 and report.skipped == ()
+    assert report.transposes_folded == 12    # all but the pooler's Gemm, which reads the DQ directly
+    index = GraphIndex(out.graph)
+    quantize = [n for n in out.graph.node if n.op_type == "QuantizeLinear"]
+    assert len(quantize) == 13 and all(index.constant(n.input[0]) is None for n in quantize)  # activations only
+    int8 = [t for t in out.graph.initializer if t.data_type == TensorProto.INT8]
+    assert len(int8) == 13
+    _, readers = _dq_readers(out)
+    assert {r.op_type for r in readers} == {"MatMul", "Gemm"}   # DQ outputs feed the matmuls directly
+    for dq in (n for n in out.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in index.initializers):
+        weight = index.constant(dq.input[0])
+        axis = next(a.i for a in dq.attribute if a.name == "axis")
+        assert weight.shape[axis] == index.constant(dq.input[1]).size   # the scale runs along out_features
+    assert all(n.domain in STANDARD for n in out.graph.node)
+
+    np.testing.assert_allclose(run_onnx(out, feeds)[0], run_onnx(model, feeds)[0], rtol=0, atol=1e-6)
+    weights = sum(numpy_helper.to_array(t).size for t in int8)
+    assert report.bytes_before - report.bytes_after >= 0.95 * 3 * weights   # 4 -> 1 byte per weight
+    onnx.save(out, tmp_path / "folded.onnx")
+    assert (tmp_path / "folded.onnx").stat().st_size < path.stat().st_size
+
+
+def test_fold_rounds_half_to_even_per_axis_through_a_transpose_like_onnxruntime():
+    # W^T / scale hits exact ties: 0.25 / 0.5 = 0.5 -> 0, 0.75 / 0.5 = 1.5 -> 2, -1.25 / 0.5 = -2.5 -> -2.
+    w = np.array([[0.25, 100.0], [0.75, -0.5], [-1.25, 3.0]], np.float32)   # [3, 2]; Q sees [2, 3]
+    scale = np.array([0.5, 0.125], np.float32)                                # per row of W^T
+    zero = np.zeros(2, np.int8)
+    nodes = [helper.make_node("Transpose", ["w"], ["wt"], perm=[1, 0]),
+             helper.make_node("QuantizeLinear", ["wt", "s", "z"], ["q"], axis=0),
+             helper.make_node("DequantizeLinear", ["q", "s", "z"], ["dq"], axis=0),
+             helper.make_node("MatMul", ["x", "dq"], ["y"])]
+    inits = [numpy_helper.from_array(w, "w"), numpy_helper.from_array(scale, "s"), numpy_helper.from_array(zero, "z")]
+    model = single_op_model(nodes, [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 2])],
+                            [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 3])], inits)
+    out, report = fold_weight_quantize(model)
+    assert report.folded == 1 and {n.op_type for n in out.graph.node} == {"DequantizeLinear", "MatMul"}
+    q = quantize_like_onnx(w.T, scale, zero, axis=0)
+    assert q.tolist() == [[0, 2, -2], [127, -4, 24]]       # 100 / 0.125 = 800 saturates at 127
+    feeds = {"x": np.array([[1.0, -2.0]], np.float32)}
+    np.testing.assert_array_equal(run_onnx(out, feeds)[0], run_onnx(model, feeds)[0])
+
+
+# --- embeddings -------------------------------------------------------------------------------------
+
+def test_quantize_embeddings_gathers_int8_rows_within_half_a_step(qat_export):
+    fp32, feeds = onnx.load(str(qat_export["fp32_path"])), qat_export["feeds"]
+    untouched, none = quantize_embeddings(fp32)          # default: only tables with >= 1,000 rows
+    assert none.gathers == 0 and none.tables == () and untouched.ByteSize() == fp32.ByteSize()
+
+    tables = {t.name: numpy_helper.to_array(t) for t in fp32.graph.initializer if t.name.endswith("_embeddings.weight")}
+    out, report = quantize_embeddings(fp32, min_rows=50)   # word (100 rows) and position (64) tables
+    assert set(report.tables) == {n for n, t in tables.items() if t.shape[0] >= 50} and report.gathers == 2
+    assert report.skipped == ()
+    assert 0 < report.max_abs_error <= report.error_bound * (1 + 1e-6)   # per-row int8 bound: scale / 2
+    index = GraphIndex(out.graph)
+    gathered = [index.initializers[n.input[0]] for n in out.graph.node
+                if n.op_type == "Gather" and n.input[0] in index.initializers]
+    assert sum(t.data_type == TensorProto.INT8 for t in gathered) == 2
+    assert not set(report.tables) & set(index.initializers)      # the fp32 tables are gone
+    assert all(n.domain in STANDARD for n in out.graph.node)
+    for name in report.tables:   # each row within half its own step
+        q = numpy_helper.to_array(index.initializers[f"{name}_int8"]).astype(np.float32)
+        s = numpy_helper.to_array(index.initializers[f"{name}_row_scale"])
+        assert np.all(np.abs(q * s - tables[name]) <= s / 2 * (1 + 1e-6))
+
+    # Measured 0.009 on logits up to 1.1 (the embeddings move by <= 0.0026 before the LayerNorm).
+    diff = np.abs(run_onnx(out, feeds)[0] - qat_export["fp32_logits"]).max()
+    assert diff < 0.02, f"logit change from int8 embeddings {diff}"
+    # 3/4 of each table, less the per-row scales and the new nodes' names (about 1 kB here).
+    assert report.bytes_before - report.bytes_after >= 0.6 * sum(tables[n].nbytes for n in report.tables)
+
+    folded, _ = fold_weight_quantize(onnx.load(str(qat_export["path"])))   # composes with the QDQ graph
+    both, both_report = quantize_embeddings(folded, min_rows=50)
+    assert both_report.gathers == 2 and all(n.domain in STANDARD for n in both.graph.node)
