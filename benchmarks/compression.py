@@ -64,6 +64,7 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
         recipe = load_recipe(None, {"profile": profile.name, "threads": threads, "student": {"enabled": True},
+                                    "quantize": {"method": "none"},  # int8 is measured by benchmarks/int8.py
                                     "prune": {"layers_to_keep": args.layers, "heads_to_keep": args.heads},
                                     "bundle": {"out": str(tmp / "student")}})
         state = start_state(recipe, profile)

@@ -62,7 +62,8 @@ def main(argv=None) -> int:
     profile = resolve_profile(args.profile)
     with tempfile.TemporaryDirectory() as tmp:
         recipe = load_recipe(None, {"profile": profile.name, "teacher": args.teacher, "threads": threads,
-                                    "student": {"enabled": False},  # the teacher itself is bundled here
+                                    # the teacher itself is bundled here, in fp32
+                                    "student": {"enabled": False}, "quantize": {"method": "none"},
                                     "data": {"path": args.data}, "finetune": {"max_steps": args.max_steps},
                                     "bundle": {"out": str(Path(tmp) / "bundle")}})
         state = compile_bundle(recipe, profile, echo=lambda s: print(s, file=sys.stderr))

@@ -63,7 +63,10 @@ def build_manifest(state: "CompileState") -> dict[str, Any]:
         "host": {"python": platform.python_version(), "machine": platform.machine()},
         "profile": {"name": profile.name, "sha256": profile.sha256, "data": profile.to_dict()},
         "task": state.adapter.manifest_task(state.label_names),
-        "model": {"file": MODEL_FILE, "precision": state.recipe.export.precision or "fp32",
+        "model": {"file": MODEL_FILE, "precision": state.precision,
+                  "int8": ({"method": state.recipe.quantize.method,
+                            "format": state.recipe.quantize.resolved_format(profile.int8_format)}
+                           if state.precision == "int8" else None),
                   "opset": profile.opset, "rewrite_rules": list(state.rules_applied), **_io_spec(state.onnx_path)},
         "tokenizer": {"file": TOKENIZER_FILE, "max_length": min(state.recipe.max_length, profile.max_sequence_length),
                       "pad_token_id": int(tok.pad_token_id if tok.pad_token_id is not None else 0),

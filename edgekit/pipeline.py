@@ -21,7 +21,7 @@ import torch
 
 from edgekit_runtime.profile import DeviceProfile
 
-from . import __version__, student
+from . import __version__, quantize, student
 from .data import Splits, TextDataset, cap, demo_corpus_path, demo_teacher_path, load_labelled, split_dataset
 from .recipe import Recipe
 from .tasks import TaskAdapter, get_task
@@ -48,6 +48,8 @@ class CompileState:
     teacher: torch.nn.Module | None = None  # the (fine-tuned) teacher
     model: torch.nn.Module | None = None  # what gets exported: the teacher, or the student once one exists
     resume: bool = False
+    fp32_model: torch.nn.Module | None = None  # the model before QAT (the quantized gate's reference)
+    precision: str = "fp32"  # of the graph in onnx_path
     extra_files: dict[str, Any] = field(default_factory=dict)  # bundle name -> path, e.g. loss curves
     onnx_path: Path | None = None
     rules_applied: tuple[str, ...] = ()
@@ -228,12 +230,17 @@ def pass_check_ops(state: CompileState) -> PassResult:
 def pass_validate(state: CompileState) -> PassResult:
     from .validate import REFERENCE_PATCHES, reference_model, validate_graph
 
-    precision = state.recipe.export.precision or "fp32"
+    precision = state.precision
     tolerance = state.profile.tolerance(precision)
+    ptq = precision == "int8" and state.recipe.quantize.method.startswith("ptq")
+    # A PTQ graph has no PyTorch model that computes it: shapes and finiteness are checked here and
+    # its values are judged by the quantized gate (metric, not atol). A QAT graph is compared with
+    # the fake-quant model it was trained as.
     reference = reference_model(state.model, state.rules_applied)
     cases = validate_graph(state.onnx_path, reference, state.adapter, state.tokenizer, state.splits.validation,
-                           state.recipe.validate, tolerance, state.recipe.max_length, state.recipe.threads)
-    figures = {"precision": precision, "atol": tolerance.atol, "rtol": tolerance.rtol,
+                           state.recipe.validate, tolerance, state.recipe.max_length, state.recipe.threads,
+                           compare_values=not ptq)
+    figures = {"precision": precision, "atol": tolerance.atol, "rtol": tolerance.rtol, "values_compared": not ptq,
                "reference_patches": [r for r in state.rules_applied if r in REFERENCE_PATCHES],
                "max_abs_diff": max(c.max_abs_diff for c in cases),
                "cases": [{"batch": c.batch_size, "length": c.length, "max_abs_diff": c.max_abs_diff} for c in cases]}
@@ -272,6 +279,9 @@ PASS_TABLE: dict[str, Pass] = {
     "prune": student.pass_prune,
     "distill": student.pass_distill,
     "evaluate-student": student.pass_evaluate_student,
+    "qat": quantize.pass_qat,
+    "int8": quantize.pass_int8,
+    "quant-gate": quantize.pass_quant_gate,
     "export": pass_export,
     "rewrite": pass_rewrite,
     "check-ops": pass_check_ops,
@@ -283,7 +293,14 @@ PASS_TABLE: dict[str, Pass] = {
 def pass_names(recipe: Recipe) -> list[str]:
     """The passes this recipe runs, in order (student stages in the recipe's order)."""
     middle = [*recipe.student.order, "evaluate-student"] if recipe.student.enabled else []
-    return TEACHER_PASSES + middle + GRAPH_PASSES
+    method = recipe.quantize.method
+    if method == "qat":
+        middle.append("qat")
+    graph = list(GRAPH_PASSES)
+    if method != "none":
+        graph.insert(graph.index("rewrite") + 1, "int8")
+        graph.insert(graph.index("validate") + 1, "quant-gate")
+    return TEACHER_PASSES + middle + graph
 
 
 def preflight(recipe: Recipe, profile: DeviceProfile) -> None:
@@ -299,6 +316,7 @@ def preflight(recipe: Recipe, profile: DeviceProfile) -> None:
         raise EdgekitError(f"precision {precision!r} is not allowed by profile {profile.name!r} "
                            f"(allowed: {list(profile.precisions)}). Fix: choose one of those in [export] precision.")
     get_task(recipe.task)
+    quantize.check_quantize(recipe, profile)
     if recipe.student.enabled and "prune" in recipe.student.order:
         recipe.prune.require_something()
     if recipe.max_length > profile.max_sequence_length:

@@ -15,6 +15,8 @@ from typing import Any, Mapping
 from .config import RecipeError, _require, build_config
 from .distill.losses import DistillConfig
 from .prune.plan import PruneConfig
+from .quant.fake import QATConfig
+from .quant.gate import GateConfig
 from .train.manager import TrainingConfig
 
 STUDENT_STAGES = ("prune", "distill")
@@ -93,6 +95,43 @@ class StudentConfig:
                  self.importance_batches, "must be positive", "use 16")
 
 
+QUANT_METHODS = ("none", "qat", "ptq-static", "ptq-dynamic")
+
+
+@dataclass(frozen=True)
+class QuantizeConfig:
+    """int8: QAT (fake quant fine-tuned with the distillation loss), ORT PTQ, or none."""
+
+    method: str = "none"
+    format: str | None = None  # "qdq" | "qoperator"; None = the profile's int8_format (QAT is always qdq)
+    embeddings: bool = True  # weight-only int8 embedding tables (per-row scales)
+    calibration_samples: int = 256  # ptq-static: train texts fed to the calibrator
+    qat: QATConfig = field(default_factory=QATConfig)
+    gate: GateConfig = field(default_factory=GateConfig)
+
+    def __post_init__(self):
+        _require(self.method in QUANT_METHODS, "quantize", "method", self.method,
+                 f"must be one of {list(QUANT_METHODS)}", 'use "qat" for the best int8 accuracy, or "none"')
+        _require(self.format in (None, "qdq", "qoperator"), "quantize", "format", self.format,
+                 "must be qdq or qoperator", "leave it out to use the profile's int8_format")
+        _require(not (self.method == "qat" and self.format == "qoperator"), "quantize", "format", self.format,
+                 "QAT exports QuantizeLinear/DequantizeLinear (qdq) only", 'leave format out or set "qdq"')
+        _require(not (self.method == "ptq-dynamic" and self.format == "qdq"), "quantize", "format", self.format,
+                 "dynamic quantization quantizes activations at run time (QOperator-style ops)",
+                 'leave format out, or use method = "ptq-static" for qdq')
+        _require(self.calibration_samples > 0, "quantize", "calibration_samples", self.calibration_samples,
+                 "must be positive", "use 256")
+
+    def resolved_format(self, profile_format: str | None) -> str | None:
+        if self.method == "none":
+            return None
+        if self.method == "qat":
+            return "qdq"
+        if self.method == "ptq-dynamic":
+            return "qoperator"
+        return self.format or profile_format
+
+
 @dataclass(frozen=True)
 class ExportConfig:
     """torch -> ONNX with the legacy exporter (the only one that reaches opset 13)."""
@@ -156,6 +195,9 @@ class Recipe:
     prune: PruneConfig = field(default_factory=PruneConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
     student_train: TrainingConfig = field(default_factory=TrainingConfig)
+    quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
+    qat_train: TrainingConfig = field(default_factory=lambda: TrainingConfig(
+        batch_size=16, grad_accum=2, learning_rate=1e-5, warmup_steps=0, epochs=0.5))
     export: ExportConfig = field(default_factory=ExportConfig)
     rewrite: RewriteConfig = field(default_factory=RewriteConfig)
     validate: ValidateConfig = field(default_factory=ValidateConfig)
@@ -189,6 +231,8 @@ DEMO_OVERRIDES: dict[str, dict[str, Any]] = {
     "prune": {"layers_to_keep": 3, "heads_to_keep": 8, "head_score": "gradient"},
     "student_train": {"batch_size": 16, "grad_accum": 2, "learning_rate": 1e-4, "epochs": 1.0,
                       "eval_every": 125},
+    # int8 by QAT: half an epoch of fake-quant fine-tuning with the same distillation loss.
+    "quantize": {"method": "qat"},
 }
 
 

@@ -21,10 +21,11 @@ def demo_paths():
         pytest.fail(f"the dev extra installs the demo packages: {exc}")
 
 
-def _compile(tmp_path, profile_name):
+def _compile(tmp_path, profile_name, **extra):
     # A short run: the point is the real graph through every pass, not the accuracy.
     recipe = load_recipe(None, {
         "profile": profile_name, "max_length": 64, "threads": 2,
+        "student": {"enabled": False}, "quantize": {"method": "none"}, **extra,
         "data": {"max_train": 256, "max_validation": 96, "max_test": 96},
         "finetune": {"max_steps": 6, "batch_size": 8},
         "rewrite": {"measure_samples": 64},
@@ -53,3 +54,22 @@ def test_minilm_bundle_per_profile(tmp_path, demo_paths, profile_name):
         assert subs[rule]["fired"] > 0, rule
     preds = edgekit_runtime.load(state.bundle_path).predict(["I love this car", "worst phone ever"])
     assert [p["label"] in manifest["task"]["labels"] for p in preds] == [True, True]
+
+
+def test_minilm_full_chain_student_qat_int8(tmp_path, demo_paths):
+    """The demo's chain on the real model: prune 3/6 layers and 8/12 heads, distill, QAT, int8 bundle."""
+    state = _compile(tmp_path, "jetson-orin", student={"enabled": True, "importance_batches": 2},
+                     quantize={"method": "qat", "qat": {"calibration_batches": 2},
+                               "gate": {"min_argmax_agreement": 0.0, "max_metric_drop": 1.0}},
+                     student_train={"max_steps": 3, "batch_size": 8, "grad_accum": 1},
+                     qat_train={"max_steps": 2, "batch_size": 8, "grad_accum": 1})
+    manifest = edgekit_runtime.verify_bundle(state.bundle_path)
+    assert manifest["model"]["precision"] == "int8"
+    assert manifest["figures"]["compression"]["prune"]["non_embedding_ratio"] < 0.5
+    graph = onnx.load(str(state.bundle_path / "model.onnx"))
+    int8 = [t for t in graph.graph.initializer if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 2]
+    assert len(int8) >= 3 * 6 + 1  # 3 layers x 6 Linears + the pooler, plus the embedding tables
+    # int8 weights and embeddings: the model file is well under a third of the fp32 student's weights.
+    fp32_bytes = sum(p.numel() * 4 for p in state.fp32_model.parameters())
+    assert (state.bundle_path / "model.onnx").stat().st_size < 0.3 * fp32_bytes
+    assert manifest["figures"]["validation"]["values_compared"] is True

@@ -177,3 +177,88 @@ def test_resume_refuses_a_changed_recipe(tmp_path, bert_dir, monkeypatch):
     recipe = _recipe(tmp_path, bert_dir, "x86-64-cpu", finetune={"max_steps": 21})
     with pytest.raises(edgekit_runtime.EdgekitError, match="recipe changed.*finetune"):
         compile_bundle(recipe, resolve_profile("x86-64-cpu"), echo=lambda s: None, resume=True)
+
+
+QAT = {"quantize": {"method": "qat", "qat": {"calibration_batches": 2}},
+       "qat_train": {"max_steps": 4, "batch_size": 8, "grad_accum": 1, "learning_rate": 1e-4},
+       # The tiny random model's logits are nearly flat: judge the plumbing, not tiny-model accuracy.
+       }
+LOOSE_GATE = {"gate": {"min_argmax_agreement": 0.0, "max_metric_drop": 1.0}}
+
+
+def _int8_weights(path):
+    graph = onnx.load(str(path))
+    return [t for t in graph.graph.initializer if t.data_type == onnx.TensorProto.INT8 and len(t.dims) == 2]
+
+
+def test_qat_student_bundle_stores_int8_weights(tmp_path, bert_dir):
+    quant = {**QAT["quantize"], **LOOSE_GATE}
+    state = _compile(tmp_path, bert_dir, "jetson-orin", **{**STUDENT, **QAT, "quantize": quant})
+    manifest = edgekit_runtime.verify_bundle(state.bundle_path)
+    assert manifest["model"]["precision"] == "int8"
+    assert manifest["model"]["int8"] == {"method": "qat", "format": "qdq"}
+    names = [p["name"] for p in manifest["pass_log"]]
+    assert names.index("qat") < names.index("export") < names.index("int8") < names.index("quant-gate")
+    graph = onnx.load(str(state.bundle_path / "model.onnx"))
+    ops = {n.op_type for n in graph.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    assert {op.domain for op in graph.opset_import} <= {"", "ai.onnx"}
+    # Every quantized Linear's weight is int8 in the file (1 layer x 6 Linears + the pooler), and no
+    # fp32 matrix is left but the classifier (kept fp32) and the tiny embedding tables (< 1,000 rows).
+    n_linear = manifest["figures"]["compression"]["qat"]["quantized_linears"]
+    assert n_linear == 7 and len(_int8_weights(state.bundle_path / "model.onnx")) == n_linear
+    fp32 = {t.name for t in graph.graph.initializer if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) == 2}
+    assert all("embeddings" in name or "classifier" in name for name in fp32), fp32
+    gate = manifest["figures"]["quant_gate"]
+    assert 0 <= gate["argmax_agreement"] <= 1 and gate["passed"]
+    assert manifest["figures"]["validation"]["values_compared"] is True
+    preds = edgekit_runtime.load(state.bundle_path).predict(["good great day"])
+    assert preds[0]["label"] in manifest["task"]["labels"]
+
+
+@pytest.mark.parametrize("method, fmt", [("ptq-static", "qdq"), ("ptq-static", "qoperator"), ("ptq-dynamic", None)])
+def test_ptq_bundles_on_a_cpu_profile(tmp_path, bert_dir, method, fmt):
+    quant = {"method": method, "calibration_samples": 16, **LOOSE_GATE, **({"format": fmt} if fmt else {})}
+    state = _compile(tmp_path, bert_dir, "x86-64-cpu", quantize=quant)
+    manifest = edgekit_runtime.verify_bundle(state.bundle_path)
+    assert manifest["model"]["precision"] == "int8"
+    assert manifest["figures"]["validation"]["values_compared"] is False
+    assert _int8_weights(state.bundle_path / "model.onnx")
+    assert edgekit_runtime.load(state.bundle_path).logits(["good day"]).shape == (1, 3)
+
+
+def test_gate_failure_fails_the_compile_and_writes_no_bundle(tmp_path, bert_dir):
+    quant = {"method": "ptq-static", "calibration_samples": 16}  # the default gate: 99% agreement, 1 point
+    import edgekit.quant.gate as gate
+
+    # Unbroken, the same compile passes the default gate: the failure below is the broken scale's.
+    (tmp_path / "ok").mkdir()
+    ok = _compile(tmp_path / "ok", bert_dir, "x86-64-cpu", quantize=quant)
+    assert ok.figures["quant_gate"]["passed"]
+
+    with pytest.raises(gate.QuantizationGateError, match="agreement"):
+        # A scale made 50x too large breaks the int8 graph; the metric gate must catch it.
+        def broken_int8(state, _orig=__import__("edgekit.quantize", fromlist=["x"]).pass_int8):
+            result = _orig(state)
+            graph = onnx.load(str(state.onnx_path))
+            int8 = {t.name for t in graph.graph.initializer if t.data_type == onnx.TensorProto.INT8}
+            scales = {n.input[1] for n in graph.graph.node if n.op_type == "DequantizeLinear" and n.input[0] in int8}
+            for t in graph.graph.initializer:
+                if t.name in scales:
+                    t.CopyFrom(onnx.numpy_helper.from_array(onnx.numpy_helper.to_array(t) * 50, t.name))
+            onnx.save(graph, str(state.onnx_path))
+            return result
+
+        import edgekit.pipeline as pipeline
+        old = pipeline.PASS_TABLE["int8"]
+        pipeline.PASS_TABLE["int8"] = broken_int8
+        try:
+            _compile(tmp_path, bert_dir, "x86-64-cpu", quantize=quant)
+        finally:
+            pipeline.PASS_TABLE["int8"] = old
+    assert not (tmp_path / "bundle").exists()
+
+
+def test_profile_refuses_an_int8_format_it_cannot_run(tmp_path, bert_dir):
+    with pytest.raises(edgekit_runtime.EdgekitError, match="takes \\['qdq'\\]"):
+        _compile(tmp_path, bert_dir, "jetson-orin", quantize={"method": "ptq-dynamic"})

@@ -1,0 +1,143 @@
+"""int8 passes: QAT on the model, the int8 graph pass, and the metric-based quantized gate.
+
+QAT: fake quant on the Linear layers, calibrated, then fine-tuned with the distillation loss;
+the export emits QuantizeLinear/DequantizeLinear and the ``int8`` graph pass folds the weight
+quantizers into int8 initializers. PTQ: ONNX Runtime quantizes the simplified fp32 graph
+(static with calibration on train texts, or dynamic). Either way the gate compares the int8
+graph with the fp32 model on the validation split and fails the compile past its thresholds.
+"""
+
+from __future__ import annotations
+
+import copy
+from typing import TYPE_CHECKING
+
+import numpy as np
+import onnx
+
+from edgekit_runtime.errors import EdgekitError
+
+from .data import cap
+
+if TYPE_CHECKING:
+    from .pipeline import CompileState, PassResult
+
+
+def check_quantize(recipe, profile) -> None:
+    """Preflight: what the recipe asks of int8 must be something the profile takes."""
+    q = recipe.quantize
+    if q.method == "none":
+        return
+    if "int8" not in profile.precisions:
+        raise EdgekitError(f"[quantize] method = {q.method!r} but profile {profile.name!r} does not allow int8 "
+                           f"(precisions {list(profile.precisions)}). Fix: set [quantize] method = \"none\".")
+    fmt = q.resolved_format(profile.int8_format)
+    if fmt not in profile.int8_formats:
+        raise EdgekitError(f"[quantize] method = {q.method!r} makes a {fmt!r} graph, but profile {profile.name!r} "
+                           f"takes {list(profile.int8_formats)}. Fix: use method = \"qat\" or \"ptq-static\" "
+                           f"(qdq) for this target.")
+
+
+def _batches(state: "CompileState", n_batches: int, batch_size: int = 16):
+    sample = cap(state.splits.train, n_batches * batch_size, 1)
+    for start in range(0, len(sample), batch_size):
+        batch = state.adapter.collate(state.tokenizer, sample.texts[start:start + batch_size], None,
+                                      state.recipe.max_length)
+        yield state.adapter.model_inputs(state.model, batch)
+
+
+def pass_qat(state: "CompileState") -> "PassResult":
+    from .pipeline import PassResult
+    from .quant.fake import calibrate, enable_fake_quant, prepare_qat, quantized_linears
+    from .train.finetune import evaluate
+    from .train.loop import distill_train
+
+    cfg = state.recipe.quantize
+    state.fp32_model = state.model
+    model = prepare_qat(copy.deepcopy(state.model), cfg.qat)
+    amax = calibrate(model, _batches(state, cfg.qat.calibration_batches))
+    enable_fake_quant(model, on=True)
+    val = state.splits.validation
+    result = distill_train(
+        model, state.teacher, state.adapter, state.tokenizer, state.splits.train, val, state.recipe.distill,
+        state.recipe.qat_train, state.recipe.max_length, state.workdir / "qat", resume=state.resume,
+        eval_fn=lambda: evaluate(model, state.adapter, state.tokenizer, val, state.recipe.max_length))
+    state.model = model.eval()
+    state.extra_files["training/qat_loss_curve.jsonl"] = result.curve_path
+    figures = {"quantized_linears": len(quantized_linears(model)), "calibrated_ranges": len(amax),
+               "steps": result.steps, "seconds": round(result.seconds, 1), "best_validation": result.best_metric,
+               "history": result.history, "alerts": result.alerts}
+    state.figures.setdefault("compression", {})["qat"] = figures
+    return PassResult(figures=figures, notes=list(result.alerts))
+
+
+def pass_int8(state: "CompileState") -> "PassResult":
+    """Make the int8 graph: fold QAT weight quantizers, or quantize the fp32 graph with ORT; int8 embeddings."""
+    from .export.onnx_export import check_model_file
+    from .pipeline import PassResult
+    from .quant.onnx_int8 import fold_weight_quantize, quantize_embeddings
+    from .quant.ptq import PTQConfig, quantize_dynamic_onnx, quantize_static_onnx, standard_ops_only
+
+    cfg = state.recipe.quantize
+    if state.fp32_model is None:  # PTQ: the model as exported is the reference
+        state.fp32_model = state.model
+    src = state.onnx_path
+    before = src.stat().st_size
+    dst = state.workdir / "model-int8.onnx"
+    figures: dict = {"method": cfg.method, "format": cfg.resolved_format(state.profile.int8_format)}
+    if cfg.method == "qat":
+        model, report = fold_weight_quantize(onnx.load(str(src)))
+        figures["folded_weights"] = report.folded
+    elif cfg.method == "ptq-static":
+        # ONNX has no quantized Gemm: QOperator would emit com.microsoft.QGemm, so there only MatMul is
+        # quantized (the 2-D pooler / classifier Gemms stay fp32); QDQ quantizes both in standard ops.
+        ops = ("MatMul",) if figures["format"] == "qoperator" else ("MatMul", "Gemm")
+        ptq = PTQConfig(method="static", format=figures["format"], calibration_samples=cfg.calibration_samples,
+                        op_types_to_quantize=ops)
+        feeds = _calibration_feeds(state, cfg.calibration_samples)
+        model = onnx.load(str(quantize_static_onnx(src, dst, feeds, ptq).path))
+    else:
+        model = onnx.load(str(quantize_dynamic_onnx(src, dst, PTQConfig(method="dynamic")).path))
+    if cfg.embeddings:
+        model, emb = quantize_embeddings(model)
+        figures["embeddings"] = {"tables": emb.tables, "bytes_before": emb.bytes_before, "bytes_after": emb.bytes_after}
+    onnx.save(model, str(dst))
+    check_model_file(dst)
+    figures["non_standard_ops"] = standard_ops_only(model)
+    figures.update(bytes_fp32=before, bytes_int8=dst.stat().st_size)
+    state.onnx_path = dst
+    state.precision = "int8"
+    return PassResult(figures=figures, notes=[f"int8 graph: {before / 1e6:.1f} MB -> {dst.stat().st_size / 1e6:.1f} MB"])
+
+
+def _calibration_feeds(state: "CompileState", n: int):
+    from .validate import _ORT_DTYPES, ort_session
+
+    types = {i.name: _ORT_DTYPES[i.type] for i in ort_session(state.onnx_path).get_inputs()}
+    sample = cap(state.splits.train, n, 2)
+    for start in range(0, len(sample), 16):
+        batch = state.adapter.collate(state.tokenizer, sample.texts[start:start + 16], None, state.recipe.max_length)
+        yield {name: batch[name].numpy().astype(dtype) for name, dtype in types.items()}
+
+
+def pass_quant_gate(state: "CompileState") -> "PassResult":
+    """The int8 graph against the fp32 model on the validation split: argmax agreement and metric drop."""
+    from .pipeline import PassResult
+    from .quant.gate import quantized_gate
+    from .train.finetune import predict
+    from .validate import onnx_predict, ort_session
+
+    val = state.splits.validation
+    reference = predict(state.fp32_model, state.adapter, state.tokenizer, val, state.recipe.max_length)
+    quantized = onnx_predict(ort_session(state.onnx_path, state.recipe.threads), state.adapter, state.tokenizer,
+                             val, state.recipe.max_length)
+    figures = quantized_gate(reference, quantized, np.asarray(val.labels), state.adapter.metrics,
+                             state.recipe.quantize.gate)
+    state.figures["quant_gate"] = figures
+    return PassResult(changed=False, figures=figures,
+                      notes=[f"int8 vs fp32 on {figures['rows']} validation texts: argmax agreement "
+                             f"{figures['argmax_agreement']:.4f}, {figures['metric']} drop "
+                             f"{figures['metric_drop'] * 100:+.2f} points"])
+
+
+__all__ = ["check_quantize", "pass_int8", "pass_qat", "pass_quant_gate"]
