@@ -53,6 +53,23 @@ def _io_spec(path: Path) -> dict[str, list[dict[str, Any]]]:
     return {"inputs": spec(model.graph.input), "outputs": spec(model.graph.output)}
 
 
+def engine_plan(state: "CompileState") -> dict[str, Any] | None:
+    """What the device's TensorRT build needs: precision flags and the min / opt / max input shapes.
+
+    A QDQ int8 graph builds with int8 and fp16 enabled (explicit quantization; the layers left in
+    floating point run in fp16); an fp32 graph builds with the profile's default precision.
+    """
+    profile = state.profile
+    if not any(b in ("tensorrt", "ort-tensorrt") for b in profile.backends):
+        return None
+    flags = ["int8", "fp16"] if state.precision == "int8" else (
+        ["fp16"] if profile.default_precision == "fp16" else [])
+    max_len = min(state.recipe.max_length, profile.max_sequence_length)
+    inputs = [i.name for i in onnx.load(str(state.onnx_path), load_external_data=False).graph.input]
+    return {"tensorrt": profile.tensorrt, "compute_capability": profile.compute_capability, "flags": flags,
+            "shapes": {name: {"min": [1, 1], "opt": [1, max_len], "max": [32, max_len]} for name in inputs}}
+
+
 def build_manifest(state: "CompileState") -> dict[str, Any]:
     """Every manifest section except ``files`` (write_bundle fills it)."""
     tok = state.tokenizer
@@ -71,6 +88,7 @@ def build_manifest(state: "CompileState") -> dict[str, Any]:
         "tokenizer": {"file": TOKENIZER_FILE, "max_length": min(state.recipe.max_length, profile.max_sequence_length),
                       "pad_token_id": int(tok.pad_token_id if tok.pad_token_id is not None else 0),
                       "padding_side": tok.padding_side, "truncation_side": tok.truncation_side},
+        "engine_plan": engine_plan(state),
         "recipe": state.recipe.to_dict(),
         "pass_log": state.pass_log,
         "figures": state.figures,

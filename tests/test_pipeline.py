@@ -197,6 +197,7 @@ def test_qat_student_bundle_stores_int8_weights(tmp_path, bert_dir):
     manifest = edgekit_runtime.verify_bundle(state.bundle_path)
     assert manifest["model"]["precision"] == "int8"
     assert manifest["model"]["int8"] == {"method": "qat", "format": "qdq"}
+    assert manifest["engine_plan"]["flags"] == ["int8", "fp16"]  # explicit quantization, the rest in fp16
     names = [p["name"] for p in manifest["pass_log"]]
     assert names.index("qat") < names.index("export") < names.index("int8") < names.index("quant-gate")
     graph = onnx.load(str(state.bundle_path / "model.onnx"))
@@ -262,3 +263,13 @@ def test_gate_failure_fails_the_compile_and_writes_no_bundle(tmp_path, bert_dir)
 def test_profile_refuses_an_int8_format_it_cannot_run(tmp_path, bert_dir):
     with pytest.raises(edgekit_runtime.EdgekitError, match="takes \\['qdq'\\]"):
         _compile(tmp_path, bert_dir, "jetson-orin", quantize={"method": "ptq-dynamic"})
+
+
+def test_engine_plan_for_tensorrt_targets_only(tmp_path, bert_dir):
+    state = _compile(tmp_path, bert_dir, "jetson-orin")
+    plan = edgekit_runtime.verify_bundle(state.bundle_path)["engine_plan"]
+    assert plan["flags"] == ["fp16"] and plan["tensorrt"] == "10.3" and plan["compute_capability"] == "8.7"
+    assert plan["shapes"]["input_ids"] == {"min": [1, 1], "opt": [1, 32], "max": [32, 32]}
+    (tmp_path / "cpu").mkdir()
+    cpu = _compile(tmp_path / "cpu", bert_dir, "raspberry-pi-5")
+    assert edgekit_runtime.verify_bundle(cpu.bundle_path)["engine_plan"] is None
