@@ -154,3 +154,12 @@ def test_quantize_calls_check_method_and_feeds(graphs, tmp_path):
     del feeds["token_type_ids"]
     with pytest.raises(PTQError, match=r"no \['token_type_ids'\]"):
         quantize_static_onnx(graphs["src"], tmp_path / "x.onnx", [feeds])
+
+
+@pytest.mark.parametrize("n_batches", [8, 16])
+def test_static_calibration_with_a_multiple_of_eight_batches(tmp_path, n_batches):
+    # onnxruntime's CalibMaxIntermediateOutputs=8 failed ("No data is collected") at 16 batches.
+    src = export_tiny(tmp_path, "bert")
+    feeds = [tiny_inputs(2, 8, seed=s) for s in range(n_batches)]
+    report = quantize_static_onnx(src, tmp_path / "q.onnx", feeds, PTQConfig(calibration_samples=2 * n_batches))
+    assert report.calibration_samples == 2 * n_batches and report.path.is_file()

@@ -44,7 +44,6 @@ CALIBRATE_METHODS = ("minmax", "entropy", "percentile")
 DEFAULT_OP_TYPES = ("MatMul", "Gemm")
 # Calibration batches MinMax holds before folding them into running ranges (bounds memory; the
 # ranges are the same as with all batches at once). Entropy and percentile hold every batch.
-_MINMAX_BATCHES_IN_MEMORY = 8
 _INPUT_DTYPES = {onnx.TensorProto.INT64: np.int64, onnx.TensorProto.INT32: np.int32,
                  onnx.TensorProto.FLOAT: np.float32}
 
@@ -232,8 +231,8 @@ def quantize_static_onnx(src: str | Path, dst: str | Path, calibration_feeds: It
         # residual into LayerNorm) stay fp32 rather than taking a Q/DQ round trip.
         "OpTypesToExcludeOutputQuantization": list(cfg.op_types_to_quantize),
     }
-    if cfg.calibration == "minmax":
-        extra["CalibMaxIntermediateOutputs"] = _MINMAX_BATCHES_IN_MEMORY
+    # Not CalibMaxIntermediateOutputs: onnxruntime 1.32 flushes its buffer every N batches and then
+    # fails with "No data is collected" when the batch count is a multiple of N.
     fmt = QuantFormat.QDQ if cfg.quant_format == "qdq" else QuantFormat.QOperator
     with _quiet_ort_quantizer():
         try:
