@@ -15,8 +15,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import os
-import platform
 import subprocess
 import sys
 import tempfile
@@ -24,11 +22,10 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
-import transformers
 
 import edgekit_runtime
+from edgekit.bench import environment
 from edgekit.bundle import build_manifest, stage_files
 from edgekit.export.onnx_export import export_onnx
 from edgekit.export.rewrite import simplify
@@ -93,10 +90,7 @@ def main(argv=None) -> int:
         validation = state.figures["validation"]["max_abs_diff"]
         q, prune_fig = state.figures["quality"], state.figures["compression"]["prune"]
         distill_fig = state.figures["compression"]["distill"]
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    env = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "threads": threads,
-           "torch": torch.__version__, "onnxruntime": ort.__version__, "transformers": transformers.__version__,
-           "commit": commit, "command": " ".join(sys.argv)}
+    env = environment(threads)
     t_f1, s_f1, h_f1 = q["teacher_pytorch"]["macro_f1"], q["student_pytorch"]["macro_f1"], hard_metrics["macro_f1"]
     ratio = prune_fig["non_embedding_ratio"]
     lat_ratio = lat["student"]["median_ms"] / lat["teacher"]["median_ms"]

@@ -15,21 +15,16 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime as ort
 import torch
-import transformers
 
 import edgekit_runtime
-from edgekit.bench import interleaved
+from edgekit.bench import environment, interleaved
 from edgekit.bundle import build_manifest, stage_files
 from edgekit.export.onnx_export import export_onnx
 from edgekit.export.rewrite import simplify
@@ -106,10 +101,7 @@ def main(argv=None) -> int:
         with torch.no_grad():
             torch_lat = interleaved({"teacher": lambda _: state.teacher(**inputs)}, [text] * 100, warmup=10)["teacher"]
         q, gate = state.figures["quality"], state.figures["quant_gate"]
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    env = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "threads": threads,
-           "torch": torch.__version__, "onnxruntime": ort.__version__, "transformers": transformers.__version__,
-           "commit": commit, "command": " ".join(sys.argv)}
+    env = environment(threads)
     t_f1 = q["teacher_pytorch"]["macro_f1"]
     print(f"# int8, profile {profile.name}: {q['rows']} test rows, {threads} threads, ORT latency b1 x s128 over "
           f"{args.iters} interleaved calls in a fresh process")

@@ -11,20 +11,15 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
 import torch
-import transformers
 
 import edgekit_runtime
-from edgekit.bench import interleaved
+from edgekit.bench import environment, interleaved
 from edgekit.pipeline import compile_bundle
 from edgekit.profiles import resolve_profile
 from edgekit.recipe import load_recipe
@@ -71,10 +66,7 @@ def main(argv=None) -> int:
         fixed = fixed_shape_latency(state, runtime_model, 128, args.iters)
         real = state.figures["latency"]
         q = state.figures["quality"]
-    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
-    env = {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "threads": threads,
-           "torch": torch.__version__, "onnxruntime": ort.__version__, "transformers": transformers.__version__,
-           "commit": commit, "command": " ".join(sys.argv)}
+    env = environment(threads)
     rows = [
         ("system", "b1 x s128 median", "b1 x s128 p90", "real texts median", "real texts p90", "test macro-F1"),
         ("teacher PyTorch fp32", fixed["teacher_pytorch"]["median_ms"], fixed["teacher_pytorch"]["p90_ms"],

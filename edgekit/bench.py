@@ -52,3 +52,20 @@ def latency_pair(state: "CompileState", runtime_model, n_texts: int = 60) -> dic
     result["threads"] = torch.get_num_threads()
     result["speedup"] = round(result["teacher_pytorch"]["median_ms"] / result["bundle_runtime"]["median_ms"], 2)
     return result
+
+
+def environment(threads: int) -> dict[str, Any]:
+    """What a benchmark figure depends on: machine, versions, commit and command line."""
+    import os
+    import platform
+    import subprocess
+    import sys
+
+    import onnxruntime
+    import transformers
+
+    commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True).stdout.strip()
+    return {"cpu": platform.processor() or platform.machine(), "cores": os.cpu_count(), "threads": threads,
+            "os": f"{platform.system()} {platform.release()}", "torch": torch.__version__,
+            "onnxruntime": onnxruntime.__version__, "transformers": transformers.__version__, "commit": commit,
+            "command": " ".join(sys.argv)}
