@@ -58,13 +58,15 @@ def pass_qat(state: "CompileState") -> "PassResult":
     amax = calibrate(model, _batches(state, cfg.qat.calibration_batches))
     enable_fake_quant(model, on=True)
     val = state.splits.validation
+    teacher = state.fp32_model.eval() if cfg.qat_teacher == "fp32" else state.teacher
     result = distill_train(
-        model, state.teacher, state.adapter, state.tokenizer, state.splits.train, val, state.recipe.distill,
+        model, teacher, state.adapter, state.tokenizer, state.splits.train, val, state.recipe.qat_distill,
         state.recipe.qat_train, state.recipe.max_length, state.workdir / "qat", resume=state.resume,
         eval_fn=lambda: evaluate(model, state.adapter, state.tokenizer, val, state.recipe.max_length))
     state.model = model.eval()
     state.extra_files["training/qat_loss_curve.jsonl"] = result.curve_path
     figures = {"quantized_linears": len(quantized_linears(model)), "calibrated_ranges": len(amax),
+               "distilled_from": cfg.qat_teacher,
                "steps": result.steps, "seconds": round(result.seconds, 1), "best_validation": result.best_metric,
                "history": result.history, "alerts": result.alerts}
     state.figures.setdefault("compression", {})["qat"] = figures

@@ -13,7 +13,8 @@ from pathlib import Path
 from typing import Any, Mapping
 
 from .config import RecipeError, _require, build_config
-from .distill.losses import DistillConfig
+from .distill.losses import DistillConfig, LogitKDConfig
+from .distill.schedules import Schedule
 from .prune.plan import PruneConfig
 from .quant.fake import QATConfig
 from .quant.gate import GateConfig
@@ -105,6 +106,9 @@ class QuantizeConfig:
     method: str = "none"
     format: str | None = None  # "qdq" | "qoperator"; None = the profile's int8_format (QAT is always qdq)
     embeddings: bool = True  # weight-only int8 embedding tables (per-row scales)
+    # Whom QAT distils from: the fp32 model it starts as ("fp32": the int8 model learns to behave
+    # like the fp32 student, which is what the quantized gate checks), or the fine-tuned teacher.
+    qat_teacher: str = "fp32"
     calibration_samples: int = 256  # ptq-static: train texts fed to the calibrator
     qat: QATConfig = field(default_factory=QATConfig)
     gate: GateConfig = field(default_factory=GateConfig)
@@ -121,6 +125,8 @@ class QuantizeConfig:
                  'leave format out, or use method = "ptq-static" for qdq')
         _require(self.calibration_samples > 0, "quantize", "calibration_samples", self.calibration_samples,
                  "must be positive", "use 256")
+        _require(self.qat_teacher in ("fp32", "teacher"), "quantize", "qat_teacher", self.qat_teacher,
+                 "must be fp32 or teacher", 'use "fp32" (distil from the model before QAT)')
 
     def resolved_format(self, profile_format: str | None) -> str | None:
         if self.method == "none":
@@ -198,6 +204,10 @@ class Recipe:
     quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
     qat_train: TrainingConfig = field(default_factory=lambda: TrainingConfig(
         batch_size=16, grad_accum=2, learning_rate=1e-5, warmup_steps=0, epochs=0.5))
+    # QAT's loss: soft targets only, at a mild temperature, so the int8 model tracks its reference.
+    qat_distill: DistillConfig = field(default_factory=lambda: DistillConfig(
+        logits=LogitKDConfig(temperature=Schedule(2.0, 1.0, "linear")),
+        task_weight=Schedule(0.0, 0.0, "constant"), soft_only_fraction=0.0))
     export: ExportConfig = field(default_factory=ExportConfig)
     rewrite: RewriteConfig = field(default_factory=RewriteConfig)
     validate: ValidateConfig = field(default_factory=ValidateConfig)
