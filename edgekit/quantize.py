@@ -14,10 +14,13 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import onnx
+import torch
 
 from edgekit_runtime.errors import EdgekitError
 
 from .data import cap
+
+EMBEDDING_MIN_ROWS = 1000  # tables this large get int8 rows (the vocabulary; not positions or types)
 
 if TYPE_CHECKING:
     from .pipeline import CompileState, PassResult
@@ -46,6 +49,22 @@ def _batches(state: "CompileState", n_batches: int, batch_size: int = 16):
         yield state.adapter.model_inputs(state.model, batch)
 
 
+@torch.no_grad()
+def quantize_embedding_weights(model: torch.nn.Module, min_rows: int = EMBEDDING_MIN_ROWS) -> list[str]:
+    """Round the large embedding tables to what the int8 graph will hold (per-row symmetric int8)
+    and freeze them, so QAT trains against, and the validation compares with, the deployed values."""
+    done = []
+    for name, module in model.named_modules():
+        if isinstance(module, torch.nn.Embedding) and module.num_embeddings >= min_rows:
+            w = module.weight
+            amax = w.abs().amax(dim=1, keepdim=True)
+            scale = torch.where(amax > 0, amax / 127, torch.ones_like(amax))
+            w.copy_(torch.round(w / scale).clamp(-127, 127) * scale)
+            w.requires_grad_(False)
+            done.append(name)
+    return done
+
+
 def pass_qat(state: "CompileState") -> "PassResult":
     from .pipeline import PassResult
     from .quant.fake import calibrate, enable_fake_quant, prepare_qat, quantized_linears
@@ -55,6 +74,8 @@ def pass_qat(state: "CompileState") -> "PassResult":
     cfg = state.recipe.quantize
     state.fp32_model = state.model
     model = prepare_qat(copy.deepcopy(state.model), cfg.qat)
+    if cfg.embeddings:
+        frozen = quantize_embedding_weights(model)
     amax = calibrate(model, _batches(state, cfg.qat.calibration_batches))
     enable_fake_quant(model, on=True)
     val = state.splits.validation
@@ -66,6 +87,7 @@ def pass_qat(state: "CompileState") -> "PassResult":
     state.model = model.eval()
     state.extra_files["training/qat_loss_curve.jsonl"] = result.curve_path
     figures = {"quantized_linears": len(quantized_linears(model)), "calibrated_ranges": len(amax),
+               "int8_embedding_tables": frozen if cfg.embeddings else [],
                "distilled_from": cfg.qat_teacher,
                "steps": result.steps, "seconds": round(result.seconds, 1), "best_validation": result.best_metric,
                "history": result.history, "alerts": result.alerts}
@@ -101,7 +123,7 @@ def pass_int8(state: "CompileState") -> "PassResult":
     else:
         model = onnx.load(str(quantize_dynamic_onnx(src, dst, PTQConfig(method="dynamic")).path))
     if cfg.embeddings:
-        model, emb = quantize_embeddings(model)
+        model, emb = quantize_embeddings(model, min_rows=EMBEDDING_MIN_ROWS)
         figures["embeddings"] = {"tables": emb.tables, "bytes_before": emb.bytes_before, "bytes_after": emb.bytes_after}
     onnx.save(model, str(dst))
     check_model_file(dst)

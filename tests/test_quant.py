@@ -282,3 +282,20 @@ def test_quantize_embeddings_gathers_int8_rows_within_half_a_step(qat_export):
     folded, _ = fold_weight_quantize(onnx.load(str(qat_export["path"])))   # composes with the QDQ graph
     both, both_report = quantize_embeddings(folded, min_rows=50)
     assert both_report.gathers == 2 and all(n.domain in STANDARD for n in both.graph.node)
+
+
+def test_qat_embedding_rounding_matches_the_int8_graph_exactly():
+    import torch
+
+    from edgekit.quant.onnx_int8 import quantize_rows
+    from edgekit.quantize import quantize_embedding_weights
+
+    torch.manual_seed(0)
+    model = torch.nn.Sequential(torch.nn.Embedding(1200, 8), torch.nn.Embedding(10, 8))
+    small_before = model[1].weight.detach().clone()
+    assert quantize_embedding_weights(model) == ["0"]  # only the table with >= 1000 rows
+    rounded = model[0].weight.detach().numpy()
+    q, scale = quantize_rows(rounded)
+    # The graph's requantization of the rounded table gives back exactly the same values.
+    assert np.array_equal(q.astype(np.float32) * scale, rounded)
+    assert not model[0].weight.requires_grad and torch.equal(model[1].weight, small_before)
