@@ -51,9 +51,8 @@ def main(argv=None) -> int:
     log = lambda s: print(s, file=sys.stderr)  # noqa: E731
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        recipe = load_recipe(None, {"profile": profile.name, "threads": threads,
+        recipe = load_recipe(None, {"profile": profile.name, "threads": threads, "quantize": {"method": "qat"},
                                     "bundle": {"out": str(tmp / "bundle")}})
-        assert recipe.quantize.method == "qat" and recipe.student.enabled, "the demo recipe is QAT on a student"
         state = start_state(recipe, profile)
         student_passes = [*recipe.student.order, "evaluate-student"]
         run_passes(state, TEACHER_PASSES + student_passes, log)
