@@ -44,6 +44,8 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--profile", default="x86-64-cpu")
     ap.add_argument("--iters", type=int, default=300)
+    ap.add_argument("--activation-percentile", type=float, default=None,
+                    help="QAT activation ranges from this percentile of |x| instead of the max")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     threads = torch.get_num_threads()
@@ -51,7 +53,9 @@ def main(argv=None) -> int:
     log = lambda s: print(s, file=sys.stderr)  # noqa: E731
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        recipe = load_recipe(None, {"profile": profile.name, "threads": threads, "quantize": {"method": "qat"},
+        qat = {"activation_percentile": args.activation_percentile} if args.activation_percentile else {}
+        recipe = load_recipe(None, {"profile": profile.name, "threads": threads,
+                                    "quantize": {"method": "qat", "qat": qat},
                                     "bundle": {"out": str(tmp / "bundle")}})
         state = start_state(recipe, profile)
         student_passes = [*recipe.student.order, "evaluate-student"]

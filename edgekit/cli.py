@@ -82,7 +82,7 @@ def profiles_show(name):
 @click.option("--force", is_flag=True, help="Replace an existing bundle at --out.")
 def compile_cmd(profile_name, teacher, data, text_column, label_column, out, recipe_path, max_steps, no_finetune,
                 layers, heads, plan_only, resume, threads, archive, force):
-    """Fine-tune, export, rewrite, check, validate and bundle a model for a device profile.
+    """Fine-tune, compress (prune, distill, int8: optional), export, rewrite, check, validate and bundle.
 
     \b
     With only --profile it compiles the demo: the packaged all-MiniLM-L6-v2 teacher on the
