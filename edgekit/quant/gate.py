@@ -15,8 +15,9 @@ from edgekit_runtime.errors import EdgekitError
 
 from ..config import _require
 
-FIX = ("Fix: try QAT instead of PTQ, more calibration samples (or calibrate_method = \"percentile\"), "
-       "or keep the failing layers in fp32 (fewer op_types_to_quantize).")
+FIX = ("Fix: after PTQ, try QAT or more calibration samples (or calibrate_method = \"percentile\"); after "
+       "QAT, try [quantize.qat] activation_percentile = 99.99 or more [qat_train] steps; or keep the failing "
+       "layers in fp32 (fewer op_types_to_quantize / a narrower [quantize.qat] include).")
 
 
 class QuantizationGateError(EdgekitError):
