@@ -93,6 +93,8 @@ def pass_load_teacher(state: CompileState) -> PassResult:
     if not getattr(state.tokenizer, "is_fast", False):
         raise_missing_fast(path)
     state.model = state.teacher = state.adapter.load_model(str(path), state.label_names).eval()
+    if state.recipe.student.enabled and "prune" in state.recipe.student.order:
+        student.check_plan_fits(state)
     n_params = sum(p.numel() for p in state.model.parameters())
     return PassResult(figures={"path": str(path), "architecture": type(state.model).__name__, "parameters": n_params})
 

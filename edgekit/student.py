@@ -51,6 +51,20 @@ def plan_text(state: "CompileState") -> str:
     return format_plan(plan, state.model, seq_len=state.recipe.max_length) + note
 
 
+def check_plan_fits(state: "CompileState") -> None:
+    """Refuse a prune config the teacher cannot take (too many layers / heads) before any training.
+
+    Plans with weight-only scores, which run the same checks as the real plan without task data.
+    """
+    import dataclasses
+
+    from .prune import compute_scores, make_plan
+
+    cfg = dataclasses.replace(state.recipe.prune, layer_strategy="uniform", head_score="variance",
+                              ffn_score="magnitude")
+    make_plan(state.model, cfg, compute_scores(state.model, cfg))
+
+
 def pass_prune(state: "CompileState") -> "PassResult":
     from .pipeline import PassResult
     from .prune import check_weight_loading, format_plan, load_pruned, prune, save_pruned

@@ -273,3 +273,10 @@ def test_engine_plan_for_tensorrt_targets_only(tmp_path, bert_dir):
     (tmp_path / "cpu").mkdir()
     cpu = _compile(tmp_path / "cpu", bert_dir, "raspberry-pi-5")
     assert edgekit_runtime.verify_bundle(cpu.bundle_path)["engine_plan"] is None
+
+
+def test_a_prune_plan_the_teacher_cannot_take_fails_before_fine_tuning(tmp_path, bert_dir):
+    bad = {**STUDENT, "prune": {"layers_to_keep": 5, "heads_to_keep": 2}}
+    with pytest.raises(edgekit_runtime.EdgekitError, match="keep at most 2"):
+        _compile(tmp_path, bert_dir, "x86-64-cpu", **bad)
+    assert not (tmp_path / ".bundle.work" / "teacher-finetuned.pt").exists()  # nothing was trained
