@@ -15,8 +15,10 @@ import time
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
+import onnx
 from tokenizers import Tokenizer
+
+from edgekit_runtime.backends import ort_session
 
 _DTYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32}
 
@@ -39,9 +41,9 @@ def main(argv=None) -> int:
     runners = {}
     for item in args.graphs:
         name, path = item.split("=", 1)
-        opts = ort.SessionOptions()
-        opts.intra_op_num_threads = args.threads
-        session = ort.InferenceSession(path, opts, providers=["CPUExecutionProvider"])
+        # The session the device runtime would make (QDQ int8 graphs get its onnxruntime options).
+        qdq = any(n.op_type == "DequantizeLinear" for n in onnx.load(path, load_external_data=False).graph.node)
+        session = ort_session(path, ["CPUExecutionProvider"], threads=args.threads, quantized=qdq)
         feeds = {i.name: np.asarray([values[i.name]], dtype=_DTYPES[i.type]) for i in session.get_inputs()}
         runners[name] = (session, feeds)
     names = list(runners)

@@ -31,11 +31,15 @@ class ValidationError(EdgekitError):
 
 
 def ort_session(path: str | Path, threads: int | None = None) -> ort.InferenceSession:
-    opts = ort.SessionOptions()
-    if threads:
-        opts.intra_op_num_threads = threads
-    opts.log_severity_level = 3
-    return ort.InferenceSession(str(path), opts, providers=["CPUExecutionProvider"])
+    """A CPU session made the way the device runtime makes it (QDQ graphs get its int8 options)."""
+    from edgekit_runtime.backends import ort_session as runtime_session
+
+    return runtime_session(path, ["CPUExecutionProvider"], threads=threads or None, quantized=is_qdq_graph(path))
+
+
+def is_qdq_graph(path: str | Path) -> bool:
+    """Whether the graph holds DequantizeLinear nodes (a QDQ int8 graph)."""
+    return any(n.op_type == "DequantizeLinear" for n in onnx.load(str(path), load_external_data=False).graph.node)
 
 
 def run_session(session: ort.InferenceSession, batch: dict[str, torch.Tensor]) -> list[np.ndarray]:

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import edgekit_runtime
-from edgekit.pipeline import PASS_TABLE, compile_bundle, pass_names
+from edgekit.pipeline import compile_bundle, pass_names
 from edgekit.profiles import resolve_profile
 from edgekit.recipe import load_recipe
 from tests.tiny_models import make_csv, make_model_dir

@@ -180,6 +180,18 @@ def test_round_trip_with_per_layer_head_counts(tmp_path):
         AutoModelForSequenceClassification.from_pretrained(tmp_path / "p")
 
 
+def test_teacher_loader_refuses_a_pruned_model_saved_without_its_sizes(tmp_path):
+    """The task loader re-initialises a head of the wrong size (new labels), never a body weight."""
+    from edgekit.tasks import get_task
+    from edgekit_runtime.errors import EdgekitError
+
+    model = apply_plan(tiny("bert"), full_plan(tiny("bert"), heads=((0,), (1, 2))))
+    model.config.edgekit_heads_per_layer = None  # what a plain save_pretrained of other tools leaves
+    model.save_pretrained(tmp_path / "plain")
+    with pytest.raises(EdgekitError, match="wrong shape.*attention.*save_pruned"):
+        get_task("sequence-classification").load_model(str(tmp_path / "plain"), ["a", "b"])
+
+
 def test_load_pruned_refuses_modeling_code_it_did_not_write(tmp_path):
     model = apply_plan(tiny("distilbert"), full_plan(tiny("distilbert"), heads=((0,), (1, 2))))
     save_pruned(model, tmp_path / "p")

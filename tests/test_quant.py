@@ -299,3 +299,38 @@ def test_qat_embedding_rounding_matches_the_int8_graph_exactly():
     # The graph's requantization of the rounded table gives back exactly the same values.
     assert np.array_equal(q.astype(np.float32) * scale, rounded)
     assert not model[0].weight.requires_grad and torch.equal(model[1].weight, small_before)
+
+
+def _qdq_linear_graph(path, k=64, n=96):
+    """x -> Q -> DQ, int8 weight -> DQ (per output channel), MatMul, + bias: one Linear as QAT exports it."""
+    rng = np.random.default_rng(0)
+    inits = [numpy_helper.from_array(np.array(0.05, np.float32), "xs"), numpy_helper.from_array(np.array(0, np.int8), "xz"),
+             numpy_helper.from_array(rng.integers(-127, 128, (k, n)).astype(np.int8), "w"),
+             numpy_helper.from_array(np.full(n, 0.01, np.float32), "ws"),
+             numpy_helper.from_array(np.zeros(n, np.int8), "wz"), numpy_helper.from_array(np.ones(n, np.float32), "b")]
+    nodes = [helper.make_node("QuantizeLinear", ["x", "xs", "xz"], ["xq"]),
+             helper.make_node("DequantizeLinear", ["xq", "xs", "xz"], ["xd"]),
+             helper.make_node("DequantizeLinear", ["w", "ws", "wz"], ["wd"], axis=1),
+             helper.make_node("MatMul", ["xd", "wd"], ["m"]), helper.make_node("Add", ["m", "b"], ["y"])]
+    graph = helper.make_graph(nodes, "qdq_linear", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 8, k])],
+                              [helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 8, n])], inits)
+    onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)]), str(path))
+    return rng.standard_normal((1, 8, k)).astype(np.float32)
+
+
+def test_runtime_session_runs_qdq_matmuls_on_int8_kernels(tmp_path):
+    """onnxruntime's MatMul+Add -> Gemm fusion keeps QDQ Linears in fp32; the runtime's session for
+    int8 graphs turns it off so DQ -> MatMul becomes the int8 MatMulIntegerToFloat, same outputs."""
+    from edgekit_runtime.backends import ort_session
+
+    x = _qdq_linear_graph(tmp_path / "q.onnx")
+    outputs, ops = {}, {}
+    for quantized in (False, True):
+        optimized = tmp_path / f"opt-{quantized}.onnx"
+        session = ort_session(tmp_path / "q.onnx", ["CPUExecutionProvider"], threads=1, quantized=quantized,
+                              optimized_path=optimized)
+        outputs[quantized] = session.run(None, {"x": x})[0]
+        ops[quantized] = {n.op_type for n in onnx.load(str(optimized)).graph.node}
+    assert "MatMulIntegerToFloat" in ops[True] and "Gemm" not in ops[True]
+    assert "MatMulIntegerToFloat" not in ops[False]  # what the option is for: without it, no int8 GEMM
+    np.testing.assert_allclose(outputs[True], outputs[False], rtol=1e-5, atol=1e-4)

@@ -21,6 +21,7 @@ fake quant here is plain round/clamp, and under ``torch.onnx.is_in_onnx_export()
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from fnmatch import fnmatchcase
@@ -61,6 +62,9 @@ class QATConfig:
     observer_momentum: float = 0.9               # amax <- m * amax + (1 - m) * batch statistic
     calibration_batches: int = 16                # batches `calibrate` observes before QAT
     activation_percentile: float | None = None   # batch statistic: None = max|x|, else this percentile of |x|
+    # After calibration, fine-tune the activation ranges with the weights (LSQ, Esser et al. 2020):
+    # the calibrated amax is the start, the gradient of the quantization error moves it.
+    learn_ranges: bool = False
 
     def __post_init__(self):
         for key in ("include", "exclude"):
@@ -116,6 +120,21 @@ class _QDQ(torch.autograd.Function):
         return g.op("DequantizeLinear", q, scale, zero, **kwargs)
 
 
+def fake_quant_learned(x: torch.Tensor, amax: torch.Tensor, qmin: int, qmax: int = QMAX) -> torch.Tensor:
+    """Per-tensor fake quant whose range ``amax`` (scale = amax / qmax) is trained, as in LSQ.
+
+    Forward: exactly ``fake_quant(x, amax / qmax, qmin, qmax)``. Backward: the clipped
+    straight-through gradient for ``x``; for ``amax`` the LSQ gradient (round(v) - v inside the
+    range, the clip bound outside it, v = x / scale), scaled by 1 / sqrt(numel * qmax) so the
+    range moves at the pace of the weights.
+    """
+    scale = amax / qmax
+    g = 1.0 / math.sqrt(x.numel() * qmax)
+    scale = scale * g + (scale - scale * g).detach()  # value unchanged, gradient times g
+    v = torch.clamp(x / scale, qmin, qmax)
+    return (v + (torch.round(v) - v).detach()) * scale
+
+
 def _qdq(x: torch.Tensor, scale: torch.Tensor, qmin: int, axis: int | None = None, channels: int | None = None
          ) -> torch.Tensor:
     if torch.onnx.is_in_onnx_export():
@@ -134,13 +153,18 @@ class QuantLinear(nn.Module):
     (fake quant with the observed range frozen, as in calibrate-then-fine-tune QAT).
     """
 
-    def __init__(self, linear: nn.Linear, momentum: float = 0.9, percentile: float | None = None):
+    def __init__(self, linear: nn.Linear, momentum: float = 0.9, percentile: float | None = None,
+                 learn_range: bool = False):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.weight, self.bias = linear.weight, linear.bias   # the same Parameters: optimizers keep them
         self.momentum, self.percentile = momentum, percentile
         self.mode = OBSERVING
         self.register_buffer("input_amax", torch.tensor(float("nan")))
+        # learn_range: a Parameter that starts at the calibrated amax when fake quant is switched on.
+        self.learn_range = learn_range
+        if learn_range:
+            self.learned_amax = nn.Parameter(torch.tensor(float("nan")))
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, mode={self.mode}, "
@@ -160,19 +184,35 @@ class QuantLinear(nn.Module):
         else:
             self.input_amax.mul_(self.momentum).add_((1.0 - self.momentum) * stat)
 
-    def input_scale(self) -> torch.Tensor:
+    def input_range(self) -> torch.Tensor:
+        """amax of the input: the learned one once it exists, else the observed one."""
+        if self.learn_range and torch.isfinite(self.learned_amax):
+            return self.learned_amax
         if not torch.isfinite(self.input_amax) or self.input_amax <= 0:
             raise QuantError(f"QuantLinear({self.in_features}->{self.out_features}) has no observed input "
                                f"range (input_amax={self.input_amax.item()}). Fix: run edgekit.quant.calibrate("
                                f"model, batches) before enable_fake_quant(model).")
-        return self.input_amax / QMAX
+        return self.input_amax
+
+    def input_scale(self) -> torch.Tensor:
+        return self.input_range() / QMAX
+
+    @torch.no_grad()
+    def start_learning_range(self) -> None:
+        """Seed the learned range from the observed one (once; a resumed checkpoint brings its own)."""
+        if self.learn_range and not torch.isfinite(self.learned_amax):
+            self.learned_amax.copy_(self.input_range())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.mode == OBSERVING:
             if not torch.onnx.is_in_onnx_export():
                 self.observe(x)
             return nn.functional.linear(x, self.weight, self.bias)
-        x = _qdq(x, self.input_scale(), ACT_QMIN)
+        if self.learn_range and not torch.onnx.is_in_onnx_export():
+            self.learned_amax.data.clamp_(min=1e-6)  # a range never reaches zero or flips sign
+            x = fake_quant_learned(x, self.learned_amax, ACT_QMIN)
+        else:
+            x = _qdq(x, self.input_scale(), ACT_QMIN)
         w = _qdq(self.weight, per_channel_scale(self.weight), WEIGHT_QMIN, 0, self.out_features)
         return nn.functional.linear(x, w, self.bias)
 
@@ -193,7 +233,8 @@ def prepare_qat(model: nn.Module, cfg: QATConfig = QATConfig()) -> nn.Module:
     for name in targets:
         parent_name, _, attr = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model
-        setattr(parent, attr, QuantLinear(getattr(parent, attr), cfg.observer_momentum, cfg.activation_percentile))
+        setattr(parent, attr, QuantLinear(getattr(parent, attr), cfg.observer_momentum, cfg.activation_percentile,
+                                          cfg.learn_ranges))
     return model
 
 
@@ -210,6 +251,7 @@ def enable_fake_quant(model: nn.Module, on: bool = True) -> nn.Module:
     for m in linears.values():
         if on:
             m.input_scale()  # fails now, naming the fix, rather than in the first forward
+            m.start_learning_range()
         m.mode = QUANTIZING if on else OBSERVING
     return model
 

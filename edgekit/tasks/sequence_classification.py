@@ -9,9 +9,21 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from edgekit_runtime.errors import EdgekitError
+
 from .base import ExportIO
 
 TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
+
+
+def _key(entry) -> str:
+    return entry[0] if isinstance(entry, (tuple, list)) else str(entry)
+
+
+def _head_prefixes(model) -> tuple[str, ...]:
+    """Module names of the classification head (created fresh when the label set differs)."""
+    names = [name for name, _ in model.named_children() if name in ("classifier", "pre_classifier", "score")]
+    return tuple(names) or ("classifier",)
 
 
 class SequenceClassification:
@@ -21,11 +33,22 @@ class SequenceClassification:
         from transformers import AutoModelForSequenceClassification
 
         labels = list(label_names)
-        return AutoModelForSequenceClassification.from_pretrained(
+        model, info = AutoModelForSequenceClassification.from_pretrained(
             path, num_labels=len(labels), id2label=dict(enumerate(labels)),
             label2id={name: i for i, name in enumerate(labels)}, attn_implementation="eager",
             ignore_mismatched_sizes=True,  # a teacher fine-tuned on other labels gets a fresh head
-        )
+            output_loading_info=True)
+        # Only the head may be re-initialised: a body weight of the wrong shape (e.g. an edgekit-pruned
+        # model saved with plain save_pretrained, which drops its per-layer head counts) is an error,
+        # not a random layer.
+        head = _head_prefixes(model)
+        body = [key for key in info.get("mismatched_keys", []) if not _key(key).startswith(head)]
+        if body:
+            raise EdgekitError(f"{path}: weights of the wrong shape for this architecture: {[_key(k) for k in body][:4]}"
+                             f"{' ...' if len(body) > 4 else ''}. If this is a pruned edgekit model, its per-layer "
+                             f"sizes were lost. Fix: save it with edgekit.prune.apply.save_pruned (or pass the "
+                             f"directory edgekit wrote).")
+        return model
 
     def collate(self, tokenizer, texts, labels, max_length):
         enc = tokenizer(list(texts), padding=True, truncation=True, max_length=max_length, return_tensors="pt")

@@ -49,7 +49,7 @@ def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
 
 
 def _param_groups(modules, weight_decay: float) -> list[dict]:
-    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight")
+    no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight", "learned_amax")
     named = [(n, p) for m in modules for n, p in m.named_parameters() if p.requires_grad]
     return [{"params": [p for n, p in named if not n.endswith(no_decay)], "weight_decay": weight_decay},
             {"params": [p for n, p in named if n.endswith(no_decay)], "weight_decay": 0.0}]

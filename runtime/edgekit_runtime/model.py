@@ -245,7 +245,8 @@ def load(path: str | Path, *, verify: bool = True, backend: str | None = None,
             return encoder.encode([SMOKE_TEXT])[0]
 
         chosen, reasons = select_backend(bundle_dir / model_file, profile, threads=threads,
-                                         backends=None if backend is None else [backend], feed_builder=smoke)
+                                         backends=None if backend is None else [backend], feed_builder=smoke,
+                                         quantized=manifest_value(manifest, "model.precision", str) == "int8")
     except BaseException:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)
