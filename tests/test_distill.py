@@ -49,6 +49,14 @@ def test_logit_kd_is_t_squared_forward_kl_batch_mean():
     assert logit_kd(student, teacher, 2.0).item() == pytest.approx(4 * KL_ROW / 2, rel=1e-6)
 
 
+def test_logit_mse_is_summed_over_classes_and_averaged_over_the_batch():
+    student = torch.tensor([[0.0, 1.0], [1.0, 2.0]])
+    teacher = torch.tensor([[1.0, -1.0], [1.0, 2.0]])  # row errors (1 + 4) and 0
+    assert logit_kd(student, teacher, 7.0, kind="mse").item() == pytest.approx(5.0 / 2)  # temperature unused
+    with pytest.raises(RecipeError, match="mse"):
+        LogitKDConfig(kind="reverse")
+
+
 def test_total_mixes_kd_and_task_ce_by_task_weight():
     student, teacher = _outputs([[0.0, 0.0]]), _outputs([[2 * math.log(3), 0.0]])
     batch = {"labels": torch.tensor([0]), "input_ids": torch.zeros(1, 3, dtype=torch.long)}

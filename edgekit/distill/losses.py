@@ -33,6 +33,12 @@ def _schedule(value: Any) -> Schedule:
     return Schedule(**value) if isinstance(value, Mapping) else value
 
 
+# forward_kl: T^2 * KL(teacher_T || student_T) (Hinton et al.). mse: squared error of the raw
+# logits (no temperature), as in QAT where the int8 model must reproduce its fp32 self's logits:
+# KL barely pulls on a near-tie the two already agree on, MSE pulls every logit equally.
+LOGIT_KD_KINDS = ("forward_kl", "mse")
+
+
 @dataclass(frozen=True)
 class LogitKDConfig:
     """Soft-target KD on temperature-softened logits, scaled by T^2 so gradients keep their size."""
@@ -45,8 +51,9 @@ class LogitKDConfig:
         t = self.temperature
         _require(min(t.start, t.end) > 0, "distill.logits", "temperature", (t.start, t.end),
                  "temperatures must be positive", "use e.g. start = 4.0, end = 1.0")
-        _require(self.kind == "forward_kl", "distill.logits", "kind", self.kind,
-                 "only forward KL(teacher || student) is implemented", 'use kind = "forward_kl"')
+        _require(self.kind in LOGIT_KD_KINDS, "distill.logits", "kind", self.kind,
+                 f"must be one of {list(LOGIT_KD_KINDS)}",
+                 'use "forward_kl" (KL(teacher || student) at the temperature), or "mse" (raw logits)')
 
 
 @dataclass(frozen=True)
@@ -117,8 +124,12 @@ class DistillConfig:
         return self.task_weight.value(step - soft, max(1, total - soft))
 
 
-def logit_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
-    """T^2 * KL(teacher_T || student_T), summed over classes, averaged over the batch."""
+def logit_kd(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float,
+             kind: str = "forward_kl") -> torch.Tensor:
+    """T^2 * KL(teacher_T || student_T), summed over classes, averaged over the batch; or, for
+    ``kind="mse"``, the squared logit difference summed over classes, averaged over the batch."""
+    if kind == "mse":
+        return (student_logits - teacher_logits.to(student_logits.dtype)).pow(2).sum(-1).mean()
     t = temperature
     log_p_student = F.log_softmax(student_logits / t, dim=-1)
     log_p_teacher = F.log_softmax(teacher_logits.to(student_logits.dtype) / t, dim=-1)
@@ -211,7 +222,7 @@ def distill_loss(student_out: Any, teacher_out: Any, batch: dict[str, torch.Tens
     """
     temperature = cfg.logits.temperature.value(step, total)
     w_task = cfg.task_weight_at(step, total)
-    kd = logit_kd(student_out.logits, teacher_out.logits, temperature)
+    kd = logit_kd(student_out.logits, teacher_out.logits, temperature, cfg.logits.kind)
     ce = F.cross_entropy(student_out.logits, batch["labels"])
     loss = (1.0 - w_task) * kd + w_task * ce
     mask = batch.get("attention_mask")
