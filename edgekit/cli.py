@@ -80,8 +80,11 @@ def profiles_show(name):
 @click.option("--threads", type=int, default=None, help="Intra-op threads for torch and ONNX Runtime on this host.")
 @click.option("--archive", is_flag=True, help="Also write BUNDLE.tar, a single-file copy of the bundle.")
 @click.option("--force", is_flag=True, help="Replace an existing bundle at --out.")
+@click.option("--sign-key", type=click.Path(dir_okay=False), default=None,
+              help="Sign the finished bundle (manifest.sig) with this ed25519 private key from `edgekit keygen`; "
+                   "the key is checked before any training.")
 def compile_cmd(profile_name, teacher, data, text_column, label_column, out, recipe_path, max_steps, no_finetune,
-                layers, heads, plan_only, resume, threads, archive, force):
+                layers, heads, plan_only, resume, threads, archive, force, sign_key):
     """Fine-tune, compress (prune, distill, int8: optional), export, rewrite, check, validate and bundle.
 
     \b
@@ -95,6 +98,7 @@ def compile_cmd(profile_name, teacher, data, text_column, label_column, out, rec
       edgekit compile --profile ./my-board.toml --recipe recipe.toml --force
       edgekit compile --profile jetson-orin --layers 3 --heads 8 --plan   # what would be cut
       edgekit compile --profile jetson-orin --resume   # continue an interrupted compile
+      edgekit compile --profile jetson-orin --sign-key keys/private.pem --archive   # signed bundle and .tar
     """
     from pathlib import Path
 
@@ -125,8 +129,61 @@ def compile_cmd(profile_name, teacher, data, text_column, label_column, out, rec
     if plan_only:
         click.echo(plan_cut(recipe, profile))
         return
-    state = compile_bundle(recipe, profile, echo=lambda s: click.echo(s, err=True), resume=resume)
+    state = compile_bundle(recipe, profile, echo=lambda s: click.echo(s, err=True), resume=resume, sign_key=sign_key)
     click.echo(format_summary(state))
+
+
+@main.command("keygen")
+@click.option("--out", "out_dir", type=click.Path(), required=True,
+              help="Directory for private.pem (mode 0600: keep it on the build host) and public.pem (copy it to "
+                   "the devices).")
+@click.option("--force", is_flag=True,
+              help="Replace a key pair already in --out (devices that trust the old public key will refuse "
+                   "bundles signed with the new one).")
+def keygen(out_dir, force):
+    """Make an ed25519 key pair for signing bundles.
+
+    \b
+    The private key signs bundles on this host; devices check them with the public key.
+    \b
+    Examples:
+      edgekit keygen --out keys
+      edgekit sign bundles/jetson-orin --key keys/private.pem
+      edgekit-run verify bundles/jetson-orin --public-key keys/public.pem --require-signature
+    """
+    from .signing import generate_keys
+
+    private, public, key_id = generate_keys(out_dir, force=force)
+    click.echo(f"wrote {private} (private key, mode 0600: keep it on the build host, never on a device)")
+    click.echo(f"wrote {public} (public key: copy it to the devices; edgekit-run --public-key {public})")
+    click.echo(f"key id {key_id}")
+
+
+@main.command("sign")
+@click.argument("bundle", type=click.Path())
+@click.option("--key", "key_path", type=click.Path(dir_okay=False), required=True,
+              help="ed25519 private key (private.pem from `edgekit keygen`).")
+def sign_cmd(bundle, key_path):
+    """Verify a bundle, then sign it (writes manifest.sig).
+
+    \b
+    BUNDLE is a bundle directory or its .tar. manifest.sig goes beside manifest.json; nothing
+    else in the bundle changes. Signing again replaces the signature.
+    \b
+    Examples:
+      edgekit sign bundles/jetson-orin --key keys/private.pem
+      edgekit sign bundles/jetson-orin.tar --key keys/private.pem   # re-packs the archive with manifest.sig
+    """
+    from edgekit_runtime.signing import SIGNATURE
+
+    from .signing import sign, stale_archive
+
+    record = sign(bundle, key_path)
+    click.echo(f"signed {bundle}: {SIGNATURE} over manifest.json (ed25519, key id {record['key_id'][:16]}...)")
+    stale = stale_archive(bundle)
+    if stale is not None:
+        click.echo(f"note: {stale} does not carry this signature (it was packed before). "
+                   f"Sign it too: edgekit sign {stale} --key {key_path}", err=True)
 
 
 if __name__ == "__main__":

@@ -390,18 +390,24 @@ def run_passes(state: CompileState, names: list[str], echo: Callable[[str], None
 
 
 def compile_bundle(recipe: Recipe, profile: DeviceProfile, *, echo: Callable[[str], None] = print,
-                   resume: bool = False) -> CompileState:
+                   resume: bool = False, sign_key: str | Path | None = None) -> CompileState:
     """Run every pass, then write the bundle atomically. A failure leaves no bundle, and keeps the
-    work directory so that ``resume=True`` continues (the fine-tuned teacher, distillation checkpoints)."""
+    work directory so that ``resume=True`` continues (the fine-tuned teacher, distillation checkpoints).
+    ``sign_key``: an ed25519 private key PEM; the bundle gets manifest.sig before it is archived."""
     import edgekit_runtime
+    from edgekit_runtime.signing import load_private_key
 
     from .bundle import build_manifest, stage_files
 
+    signing_key = load_private_key(sign_key) if sign_key is not None else None  # preflight: before any training
     state = start_state(recipe, profile, resume)
     try:
         run_passes(state, pass_names(recipe), echo)
         state.bundle_path = edgekit_runtime.write_bundle(state.bundle_path, stage_files(state), build_manifest(state),
                                                          overwrite=recipe.bundle.force)
+        if signing_key is not None:  # before the archive, so the .tar carries manifest.sig
+            record = edgekit_runtime.sign_bundle(state.bundle_path, signing_key)
+            echo(f"signed {state.bundle_path}: manifest.sig, ed25519 key id {record['key_id'][:16]}...")
         if recipe.bundle.archive:
             edgekit_runtime.archive_bundle(state.bundle_path)
     except BaseException:

@@ -45,17 +45,52 @@ def _one_line(message: str) -> str:
     return out
 
 
+# ---------------------------------------------------------------- signatures (every command that loads a bundle)
+
+def add_signature_arguments(parser: argparse.ArgumentParser) -> None:
+    """--public-key and --require-signature; read them back with ``signature_key_from_args``."""
+    group = parser.add_argument_group("signature (optional; needs: pip install \"edgekit-runtime[signing]\")")
+    group.add_argument("--public-key", metavar="PEM", default=None,
+                       help="ed25519 public key you trust (public.pem from `edgekit keygen`): a bundle that "
+                            "carries manifest.sig must verify against it, else it is refused")
+    group.add_argument("--require-signature", action="store_true",
+                       help="also refuse a bundle without manifest.sig (needs --public-key)")
+
+
+def signature_key_from_args(args: argparse.Namespace) -> Any:
+    """The loaded --public-key (None without it); checked before any bundle is opened."""
+    if args.require_signature and args.public_key is None:
+        raise _UsageError("--require-signature needs --public-key PEM: a bundle cannot vouch for itself (whoever "
+                          "changed it can also rewrite the key id it carries), so its signature must be checked "
+                          "against a public key you trust")
+    from .signing import signature_key
+
+    return signature_key(args.public_key)
+
+
 # ---------------------------------------------------------------- verify
 
 def cmd_verify(args: argparse.Namespace) -> int:
     from .bundle import verify_bundle
     from .model import bundle_profile, open_bundle
+    from .signing import SIGNATURE, check_signature
 
+    key = signature_key_from_args(args)
     with open_bundle(args.bundle) as bundle_dir:
         manifest = verify_bundle(bundle_dir)
         profile = bundle_profile(manifest)
+        record = check_signature(bundle_dir, key, require=args.require_signature, manifest=manifest)
+        signed = (bundle_dir / SIGNATURE).is_file()
+    if record is not None:
+        signature = f"signature OK (ed25519, key id {record['key_id'][:16]}...)"
+    elif signed:
+        signature = f"{SIGNATURE} present, NOT checked (pass --public-key PEM to check it)"
+    elif key is not None:
+        signature = "unsigned, so --public-key checked nothing (--require-signature refuses unsigned bundles)"
+    else:
+        signature = "unsigned"
     print(f"OK {args.bundle}: {len(manifest['files'])} files and the manifest match their sha256; "
-          f"profile {profile.name} for {profile.device}; task {manifest['task'].get('name')}")
+          f"profile {profile.name} for {profile.device}; task {manifest['task'].get('name')}; {signature}")
     return EXIT_OK
 
 
@@ -166,6 +201,7 @@ def cmd_predict(args: argparse.Namespace) -> int:
     from .model import load
     from .tokenizer import check_texts
 
+    key = signature_key_from_args(args)
     texts, source = _read_texts(args)
     if not texts:
         raise _UsageError(f"no texts found in {source}")
@@ -174,7 +210,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     except InputError as exc:
         where = "" if source == "arguments" else f" (line {exc.index + 1} of {source})"
         raise _UsageError(f"{exc}{where}") from None
-    model = load(args.bundle, backend=args.backend, threads=args.threads)
+    model = load(args.bundle, backend=args.backend, threads=args.threads, public_key=key,
+                 require_signature=args.require_signature)
     with model:
         results = model.predict(texts, batch_size=args.batch_size)
     if args.json:
@@ -188,6 +225,45 @@ def cmd_predict(args: argparse.Namespace) -> int:
               f"{model.encoder.max_length} tokens and were truncated (text numbers {[i + 1 for i in cut[:10]]})",
               file=sys.stderr)
     return EXIT_OK
+
+
+# ---------------------------------------------------------------- serve
+
+def _port(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer") from None
+    if not 0 <= value <= 65535:
+        raise argparse.ArgumentTypeError(f"{value} is not a port (0..65535; 0 picks a free one)")
+    return value
+
+
+def _milliseconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0 <= value < float("inf"):
+        raise argparse.ArgumentTypeError(f"{value} must be a number of milliseconds >= 0")
+    return value
+
+
+def cmd_serve(args: argparse.Namespace) -> int:
+    from .errors import InputError
+    from .model import load
+    from .serve import ServeConfig, serve
+
+    try:  # before loading: contradictory limits should not cost a model load
+        config = ServeConfig(host=args.host, port=args.port, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
+                             queue_size=args.queue_size, max_texts=args.max_texts, max_body_bytes=args.max_body_bytes)
+    except InputError as exc:
+        raise _UsageError(str(exc)) from None
+    key = signature_key_from_args(args)
+    model = load(args.bundle, backend=args.backend, threads=args.threads, public_key=key,
+                 require_signature=args.require_signature)
+    with model:
+        return serve(model, config, announce=lambda line: print(f"{PROG} serve: {line}", file=sys.stderr, flush=True))
 
 
 # ---------------------------------------------------------------- parser
@@ -211,9 +287,13 @@ def build_parser() -> argparse.ArgumentParser:
     bundle_help = "bundle directory, or the .tar archive of one"
     p = sub.add_parser("verify", formatter_class=fmt, parents=[verbose], help="check every file's sha256 and the embedded profile",
                        description="Check the manifest and the sha256 of every file in the bundle; name every "
-                                   "modified, missing or unexpected file. Exit 0 if intact, 1 otherwise.",
-                       epilog=f"example:\n  {PROG} verify bundles/jetson-orin\n  {PROG} verify bundles/jetson-orin.tar")
+                                   "modified, missing or unexpected file. With --public-key, also check the "
+                                   "bundle's ed25519 signature (manifest.sig); without it, only say whether one "
+                                   "is present. Exit 0 if intact, 1 otherwise.",
+                       epilog=f"example:\n  {PROG} verify bundles/jetson-orin\n  {PROG} verify bundles/jetson-orin.tar\n"
+                              f"  {PROG} verify bundles/jetson-orin --public-key keys/public.pem --require-signature")
     p.add_argument("bundle", metavar="BUNDLE", help=bundle_help)
+    add_signature_arguments(p)
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser("info", formatter_class=fmt, parents=[verbose], help="show profile, task, IO spec, figures and pass log",
@@ -232,7 +312,9 @@ def build_parser() -> argparse.ArgumentParser:
                                    "(the texts themselves are never printed or logged).",
                        epilog=f"examples:\n  {PROG} predict bundles/jetson-orin \"great screen\" \"it broke in a week\"\n"
                               f"  {PROG} predict bundles/jetson-orin --file reviews.txt --json\n"
-                              f"  cat reviews.txt | {PROG} predict bundles/jetson-orin --batch-size 8")
+                              f"  cat reviews.txt | {PROG} predict bundles/jetson-orin --batch-size 8\n"
+                              f"  {PROG} predict bundles/jetson-orin --public-key keys/public.pem --require-signature "
+                              f"\"great screen\"")
     p.add_argument("bundle", metavar="BUNDLE", help=bundle_help)
     p.add_argument("texts", metavar="TEXT", nargs="*", default=[], help="texts to classify")
     p.add_argument("--file", metavar="PATH", help="read texts from PATH, one per line (UTF-8)")
@@ -242,7 +324,48 @@ def build_parser() -> argparse.ArgumentParser:
                    help="onnxruntime intra-op threads (default: onnxruntime's choice)")
     p.add_argument("--backend", choices=BACKENDS, default=None,
                    help="force one of the profile's backends (default: the first that works here)")
+    add_signature_arguments(p)
     p.set_defaults(func=cmd_predict)
+
+    p = sub.add_parser("serve", formatter_class=argparse.RawTextHelpFormatter, parents=[verbose],
+                       help="serve the bundle over local HTTP (health, metadata, predict)",
+                       description="Verify and load the bundle, then answer HTTP on HOST:PORT until SIGINT or "
+                                   "SIGTERM:\n"
+                                   "  GET  /health    ok, backend, queue depth\n"
+                                   "  GET  /metadata  task, labels, profile, precision, max length, model sha256\n"
+                                   "  POST /predict   {\"texts\": [...]} -> {\"predictions\": [{label, score, "
+                                   "probabilities,\n"
+                                   "                  truncated}, ...], \"truncated\": N, \"max_length\": L}\n"
+                                   "Concurrent requests share inference calls: one worker takes queued texts up to "
+                                   "--max-batch,\nor what has arrived --max-wait-ms after the oldest. When "
+                                   "--queue-size texts are waiting,\nnew requests get HTTP 429 with Retry-After. "
+                                   "On SIGINT/SIGTERM it stops accepting, answers\nevery request in flight and "
+                                   "queued, and exits 0. Texts are never logged or echoed in errors.",
+                       epilog=f"examples:\n  {PROG} serve bundles/jetson-orin --port 8080\n"
+                              f"  curl -s 127.0.0.1:8080/predict -d '{{\"texts\": [\"great screen\"]}}'\n"
+                              f"  {PROG} serve bundles/jetson-orin --port 0 --max-batch 32 --max-wait-ms 2")
+    p.add_argument("bundle", metavar="BUNDLE", help=bundle_help)
+    p.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only). Any other address,\n"
+                        "e.g. 0.0.0.0, exposes the server to the network, with no authentication or TLS")
+    p.add_argument("--port", type=_port, default=8080, metavar="N", help="TCP port (default 8080; 0 picks a free "
+                                                                          "one and prints it)")
+    p.add_argument("--max-batch", type=_positive_int, default=16, metavar="N",
+                   help="most texts per inference call (default 16)")
+    p.add_argument("--max-wait-ms", type=_milliseconds, default=5.0, metavar="MS",
+                   help="how long the oldest queued request waits for others to fill a batch (default 5)")
+    p.add_argument("--queue-size", type=_positive_int, default=256, metavar="N",
+                   help="most texts waiting for inference, over all requests; beyond it: 429 (default 256)")
+    add_signature_arguments(p)
+    p.add_argument("--max-texts", type=_positive_int, default=256, metavar="N",
+                   help="most texts in one request; more: 413 (default 256, at most --queue-size)")
+    p.add_argument("--max-body-bytes", type=_positive_int, default=1 << 20, metavar="N",
+                   help="largest request body; larger: 413 (default 1048576)")
+    p.add_argument("--threads", type=_positive_int, default=None, metavar="N",
+                   help="onnxruntime intra-op threads (default: onnxruntime's choice)")
+    p.add_argument("--backend", choices=BACKENDS, default=None,
+                   help="force one of the profile's backends (default: the first that works here)")
+    p.set_defaults(func=cmd_serve)
     return parser
 
 

@@ -13,6 +13,10 @@ class BundleError(EdgekitError):
     """A bundle is malformed, tampered with, or cannot run here."""
 
 
+class SignatureError(BundleError):
+    """A bundle's signature is missing, wrong or cannot be checked (or a signing key is unusable)."""
+
+
 class BackendError(EdgekitError):
     """No inference backend could run the bundle on this machine."""
 

@@ -20,8 +20,9 @@ import numpy as np
 
 from .backends import Backend, select_backend
 from .bundle import MANIFEST, manifest_value, read_manifest, verify_bundle
-from .errors import BackendError, BundleError, InputError
+from .errors import BackendError, BundleError, InputError, SignatureError
 from .profile import BACKENDS, PRECISIONS, DeviceProfile, profile_from_dict
+from .signing import SIGNATURE, check_signature, signature_key
 from .tasks import TaskHead, get_task
 from .tokenizer import TextEncoder, check_texts
 
@@ -217,17 +218,27 @@ class BundleModel:
 
 
 def load(path: str | Path, *, verify: bool = True, backend: str | None = None,
-         threads: int | None = None) -> BundleModel:
+         threads: int | None = None, public_key=None, require_signature: bool = False) -> BundleModel:
     """Verify and load a bundle directory or .tar archive; pick the first backend that works here.
 
     ``backend`` forces one of the profile's backends (e.g. "ort-cpu"); ``threads`` sets
-    onnxruntime's intra-op threads.
+    onnxruntime's intra-op threads. ``public_key`` (PEM path or bytes, or an Ed25519PublicKey)
+    makes a present manifest.sig verify against it; ``require_signature`` also refuses an
+    unsigned bundle (see signing.check_signature; needs the ``signing`` extra).
     """
     path = Path(path)
+    if not verify and (public_key is not None or require_signature):
+        raise SignatureError(f"{path}: verify=False with a signature check: the signature covers the manifest, "
+                             f"and only verify=True checks the files against it. Fix: keep verify=True.")
+    public_key = signature_key(public_key, require_signature)  # a bad key fails before any extraction
     bundle_dir, tmp = _materialize(path)
     try:
         if verify:
             manifest = verify_bundle(bundle_dir)
+            signature = check_signature(bundle_dir, public_key, require=require_signature, manifest=manifest)
+            if public_key is not None and signature is None:
+                log.warning("%s: unsigned (no %s); loaded without a signature check "
+                            "(require_signature=True refuses unsigned bundles)", path, SIGNATURE)
         else:
             manifest = read_manifest(bundle_dir)
             log.warning("%s: loaded WITHOUT verifying file hashes (verify=False)", path)

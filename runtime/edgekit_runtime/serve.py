@@ -1,0 +1,551 @@
+"""A local HTTP server for one bundle: GET /health, GET /metadata, POST /predict.
+
+Stdlib only. Request threads validate and queue texts; one worker thread runs the model, so
+onnxruntime sees one call at a time and concurrent requests share a batch (micro-batching):
+it takes queued requests up to ``max_batch`` texts, or whatever has arrived ``max_wait_ms``
+after the oldest one, runs one ``predict`` and answers each request with its slice. The queue
+holds at most ``queue_size`` texts; past that a request gets 429 at once instead of waiting
+without bound. Input texts are never logged, written or echoed in an error.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import logging
+import signal
+import socketserver
+import sys
+import threading
+import time
+import traceback
+from dataclasses import asdict, dataclass
+from http import HTTPStatus
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any, Callable, Sequence
+from urllib.parse import urlsplit
+
+from .errors import EdgekitError, InputError
+from .tokenizer import check_texts
+
+log = logging.getLogger("edgekit_runtime")
+
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+ENDPOINTS = {"/health": "GET", "/metadata": "GET", "/predict": "POST"}
+REQUEST_KEYS = ("texts",)
+
+
+class ServeError(EdgekitError):
+    """The server cannot start as configured (the port is taken, or the address is not this machine's)."""
+
+
+@dataclass(frozen=True)
+class ServeConfig:
+    """Where to listen and the limits that keep the server responsive under load."""
+
+    host: str = "127.0.0.1"
+    port: int = 8080
+    max_batch: int = 16  # texts per inference call
+    max_wait_ms: float = 5.0  # how long the oldest queued request waits for others to join its batch
+    queue_size: int = 256  # texts waiting for inference (not requests: a 200-text request weighs 200)
+    max_texts: int = 256  # texts per request
+    max_body_bytes: int = 1 << 20
+    read_timeout_s: float = 30.0  # a client that stops sending mid-request is dropped, not waited on (0: never)
+
+    def __post_init__(self):
+        for name in ("max_batch", "queue_size", "max_texts", "max_body_bytes"):
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise InputError(f"{name}={value!r}: expected a positive integer. Fix: pass e.g. {name}=16.")
+        if not 0 <= self.port <= 65535:
+            raise InputError(f"port={self.port}: expected 0..65535 (0 picks a free port). Fix: pass e.g. port=8080.")
+        for name in ("max_wait_ms", "read_timeout_s"):
+            if not getattr(self, name) >= 0:
+                raise InputError(f"{name}={getattr(self, name)!r}: expected a number >= 0. Fix: pass e.g. {name}=5.")
+        if self.max_texts > self.queue_size:
+            raise InputError(f"max_texts={self.max_texts} exceeds queue_size={self.queue_size}: a request that "
+                             f"large could never be queued. Fix: raise --queue-size to at least {self.max_texts} "
+                             f"or lower --max-texts.")
+
+
+class QueueFull(Exception):
+    def __init__(self, queued: int, incoming: int, capacity: int):
+        super().__init__(f"{queued} texts queued + {incoming} > {capacity}")
+        self.queued, self.incoming, self.capacity = queued, incoming, capacity
+
+
+class Job:
+    """One request's texts waiting for the worker; ``done`` is set once result or error is filled."""
+
+    def __init__(self, texts: list[str]):
+        self.texts = texts
+        self.arrived = time.monotonic()
+        self.done = threading.Event()
+        self.result: list[dict[str, Any]] | None = None
+        self.error: tuple[int, str, str] | None = None  # (HTTP status, error, fix)
+
+    def finish(self, result=None, error=None) -> None:
+        self.result, self.error = result, error
+        self.done.set()
+
+
+def _failure(exc: BaseException) -> str:
+    """What an inference failure says: an EdgekitError's message (it never quotes a text); for any
+    other exception only its type, since a third-party message might quote the input."""
+    if isinstance(exc, EdgekitError):
+        return " ".join(str(exc).split())
+    return f"{type(exc).__name__} (message withheld: it may quote the input)"
+
+
+class MicroBatcher:
+    """A bounded text queue and the single worker thread that batches it into ``predict`` calls."""
+
+    def __init__(self, predict: Callable[..., list[dict[str, Any]]], config: ServeConfig):
+        self.predict = predict
+        self.max_batch = config.max_batch
+        self.max_wait_s = config.max_wait_ms / 1000.0
+        self.capacity = config.queue_size
+        self._pending: collections.deque[Job] = collections.deque()
+        self._queued_texts = 0
+        self._closed = False
+        self._cond = threading.Condition()
+        self._thread = threading.Thread(target=self._work, name="edgekit-serve-worker", daemon=True)
+        self._running: list[Job] = []
+        self.batches = 0
+
+    @property
+    def depth(self) -> int:
+        """Texts waiting for inference (those in the running batch are not counted)."""
+        with self._cond:
+            return self._queued_texts
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def submit(self, texts: list[str]) -> Job:
+        """Queue one request's texts; QueueFull if they do not fit (the caller answers 429)."""
+        job = Job(texts)
+        with self._cond:
+            if self._closed:
+                raise RuntimeError("the batcher is closed")
+            if self._queued_texts + len(texts) > self.capacity:
+                raise QueueFull(self._queued_texts, len(texts), self.capacity)
+            self._pending.append(job)
+            self._queued_texts += len(texts)
+            self._cond.notify()
+        return job
+
+    def close(self, timeout: float | None = None) -> None:
+        """Stop once every queued job is answered; waits for the worker up to ``timeout``."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify()
+        if self._thread.is_alive():
+            self._thread.join(timeout)
+
+    def _next_batch(self) -> list[Job] | None:
+        with self._cond:
+            while not self._pending:
+                if self._closed:
+                    return None
+                self._cond.wait()
+            # The deadline counts from the oldest job's arrival: a job that already waited while
+            # the previous batch ran goes out at once with whatever has queued behind it.
+            deadline = self._pending[0].arrived + self.max_wait_s
+            while self._queued_texts < self.max_batch and not self._closed:
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            batch, taken = [], 0
+            while self._pending and (not batch or taken + len(self._pending[0].texts) <= self.max_batch):
+                job = self._pending.popleft()
+                batch.append(job)
+                taken += len(job.texts)
+            self._queued_texts -= taken
+            return batch
+
+    def _run(self, jobs: list[Job]) -> None:
+        texts = [t for job in jobs for t in job.texts]
+        try:
+            results = self.predict(texts, batch_size=self.max_batch)
+        except Exception as exc:
+            if len(jobs) > 1:  # one bad request must not fail the others it was batched with
+                for job in jobs:
+                    self._run([job])
+                return
+            log.error("inference failed for a request of %d texts: %s", len(texts), _failure(exc))
+            log.debug("traceback (frames only):\n%s", "".join(traceback.format_tb(exc.__traceback__)))
+            jobs[0].finish(error=(500, f"inference failed: {_failure(exc)}",
+                                  "the server is still running; retry, and if it fails again run "
+                                  "`edgekit-run predict` on the same texts with --verbose to see the cause"))
+            return
+        self.batches += 1
+        start = 0
+        for job in jobs:
+            job.finish(result=results[start:start + len(job.texts)])
+            start += len(job.texts)
+
+    def _work(self) -> None:
+        try:
+            while (jobs := self._next_batch()) is not None:
+                self._running = jobs
+                self._run(jobs)
+        finally:  # whatever stopped the worker, no request is left waiting forever
+            with self._cond:
+                self._closed = True
+                left, self._pending = list(self._pending), collections.deque()
+                self._queued_texts = 0
+            for job in [*self._running, *left]:
+                if not job.done.is_set():
+                    job.finish(error=(503, "the inference worker stopped before this request ran",
+                                  "restart the server and retry"))
+
+
+def bundle_metadata(model: Any, config: ServeConfig) -> dict[str, Any]:
+    """What GET /metadata answers: the bundle's identity and the server's limits, no input text."""
+    manifest = model.manifest
+    model_file = manifest["model"]["file"]
+    return {
+        "task": manifest["task"].get("name"),
+        "labels": list(model.labels),
+        "profile": {"name": model.profile.name, "device": model.profile.device, "sha256": model.profile.sha256},
+        "precision": manifest["model"].get("precision"),
+        "max_length": model.encoder.max_length,
+        "model": {"file": model_file, "sha256": manifest["files"][model_file]["sha256"]},
+        "manifest_sha256": manifest.get("manifest_sha256"),
+        "edgekit_version": manifest.get("edgekit_version"),
+        "backend": model.backend_name,
+        "limits": {k: v for k, v in asdict(config).items() if k not in ("host", "port")},
+    }
+
+
+class RequestError(Exception):
+    """A request the server refuses: status, what is wrong (never the text), how to fix it."""
+
+    def __init__(self, status: int, error: str, fix: str, headers: dict[str, str] | None = None,
+                 close: bool = False):
+        super().__init__(error)
+        self.status, self.error, self.fix = status, error, fix
+        self.headers = headers or {}
+        self.close = close  # the body was cut short: the connection cannot carry another request
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "object", list: "array", str: "string", bool: "boolean", int: "number", float: "number"}
+    return "null" if value is None else names.get(type(value), type(value).__name__)
+
+
+def parse_predict_body(body: bytes, max_texts: int) -> list[str]:
+    """The texts of a POST /predict body, or a RequestError naming the index and type at fault."""
+    try:
+        decoded = body.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise RequestError(400, f"the body is not valid UTF-8 (byte {exc.start}: {exc.reason})",
+                           "encode the JSON body as UTF-8") from None
+    try:
+        data = json.loads(decoded)
+    except json.JSONDecodeError as exc:
+        raise RequestError(400, f"the body is not JSON ({exc.msg} at line {exc.lineno} column {exc.colno})",
+                           'send {"texts": ["first text", "second text"]}') from None
+    except RecursionError:
+        raise RequestError(400, "the body is JSON nested too deeply to parse",
+                           'send {"texts": ["first text", "second text"]}') from None
+    if not isinstance(data, dict):
+        raise RequestError(400, f"the body is a JSON {_json_type(data)}, expected an object with a 'texts' list",
+                           'send {"texts": [...]}; a bare list is not accepted')
+    unknown = sorted(k for k in data if k not in REQUEST_KEYS)
+    if unknown or "texts" not in data:
+        raise RequestError(400, f"the body has keys {sorted(data)[:10]}; expected exactly {list(REQUEST_KEYS)}",
+                           'send {"texts": [...]}')
+    texts = data["texts"]
+    if not isinstance(texts, list):
+        kind = "a single string" if isinstance(texts, str) else f"a JSON {_json_type(texts)}"
+        raise RequestError(400, f"'texts' is {kind}, expected a list of strings", 'wrap it: {"texts": [text]}')
+    if not texts:
+        raise RequestError(400, "'texts' is an empty list; there is nothing to classify", "send at least one text")
+    if len(texts) > max_texts:
+        raise RequestError(413, f"'texts' holds {len(texts)} texts, more than this server's --max-texts {max_texts}",
+                           f"split the request into requests of at most {max_texts} texts")
+    for i, text in enumerate(texts):
+        if not isinstance(text, str):
+            raise RequestError(400, f"text {i} is a JSON {_json_type(text)}, expected a string",
+                               "send every text as a JSON string")
+        try:
+            text.encode("utf-8")
+        except UnicodeEncodeError:  # JSON "\ud800" escapes decode to a lone surrogate
+            raise RequestError(400, f"text {i} holds an unpaired UTF-16 surrogate escape, which is not text",
+                               "send valid Unicode (pair the surrogates, or remove them)") from None
+    try:
+        check_texts(texts)  # the runtime's own rules (empty or blank texts), so serve and predict agree
+    except InputError as exc:
+        error, _, fix = str(exc).partition(" Fix: ")
+        raise RequestError(400, error, fix.rstrip(".") or "fix that text") from None
+    return texts
+
+
+class _Handler(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"  # keep-alive: a client can send many requests over one connection
+    # Headers and body go out in two writes; with Nagle on, the body waits for the client's
+    # delayed ACK (40 ms on Linux) on every keep-alive response.
+    disable_nagle_algorithm = True
+    server_version = "edgekit-run"
+
+    def version_string(self) -> str:  # no Python version in the Server header
+        return self.server_version
+
+    def setup(self) -> None:
+        self.timeout = self.server.app.config.read_timeout_s or None
+        super().setup()
+
+    def do_HEAD(self) -> None:  # a HEAD answer has no body: headers only, then close
+        self.close_connection = True
+        self.send_response(HTTPStatus.METHOD_NOT_ALLOWED)
+        self.send_header("Allow", ENDPOINTS.get(urlsplit(self.path).path, "GET, POST"))
+        self.send_header("Content-Length", "0")
+        self.send_header("Connection", "close")
+        self.end_headers()
+
+    def _route(self) -> None:
+        """Every method but HEAD: one JSON answer, a 4xx naming the fix for anything malformed."""
+        app: PredictServer = self.server.app
+        method = self.command
+        path = urlsplit(self.path).path
+        started = time.perf_counter()
+        status, payload, headers, close = 500, {}, {}, False
+        self._body_read = False
+        if not app.enter():
+            status, close = 503, True
+            payload = {"error": "the server is shutting down", "fix": "retry on a running server"}
+        else:
+            try:
+                status, payload = self._dispatch(app, method, path)
+            except RequestError as exc:
+                status, headers, close = exc.status, exc.headers, exc.close
+                payload = {"error": exc.error, "fix": exc.fix}
+            except TimeoutError:
+                status, close = 408, True
+                payload = {"error": f"the body did not arrive within {app.config.read_timeout_s:g} s",
+                           "fix": "send the whole body right after the headers"}
+            except Exception as exc:  # a bug here must answer, not kill the connection thread silently
+                log.error("request handling failed: %s", _failure(exc))
+                status, payload = 500, {"error": f"internal error: {_failure(exc)}",
+                                        "fix": "retry; if it persists, report it with the server log"}
+            finally:
+                app.leave()
+        # A body left unread would be parsed as the next request on this connection: close it.
+        has_body = self.headers.get("Content-Length", "0").strip() != "0" or "Transfer-Encoding" in self.headers
+        close = close or (has_body and not self._body_read)
+        self._send_json(status, payload, headers, close)
+        n = len(payload.get("predictions", ()))
+        shown = path if path in ENDPOINTS else "(unknown path)"  # a path is client text: log only ours
+        log.info("%s %s %d%s %.1f ms", method, shown, status, f" {n} texts" if n else "",
+                 (time.perf_counter() - started) * 1e3)
+
+    do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _route  # wrong methods get 405, not http.server's 501
+
+    def _dispatch(self, app: "PredictServer", method: str, path: str) -> tuple[int, dict[str, Any]]:
+        if path not in ENDPOINTS:
+            raise RequestError(404, f"no endpoint at {path[:64]!r}",
+                               "use GET /health, GET /metadata or POST /predict")
+        if method != ENDPOINTS[path]:
+            raise RequestError(405, f"{method} is not allowed on {path}", f"use {ENDPOINTS[path]} {path}",
+                               headers={"Allow": ENDPOINTS[path]})
+        if path == "/health":
+            return 200, app.health()
+        if path == "/metadata":
+            return 200, app.metadata
+        return 200, app.predict(parse_predict_body(self._read_body(app.config.max_body_bytes),
+                                                   app.config.max_texts))
+
+    def _read_body(self, limit: int) -> bytes:
+        if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
+            raise RequestError(411, "chunked request bodies are not accepted", "send a Content-Length header")
+        length = self.headers.get("Content-Length")
+        if length is None:
+            raise RequestError(411, "the request has no Content-Length", "send a Content-Length header")
+        try:
+            size = int(length)
+            if size < 0:
+                raise ValueError
+        except ValueError:
+            raise RequestError(400, f"Content-Length {length[:32]!r} is not a byte count",
+                               "send the body's size in bytes") from None
+        if size > limit:
+            raise RequestError(413, f"the body is {size} bytes, more than this server's --max-body-bytes {limit}",
+                               "split the texts over several requests, or restart the server with a larger "
+                               "--max-body-bytes")
+        body = self.rfile.read(size)
+        if len(body) < size:
+            raise RequestError(400, f"the body ended after {len(body)} of {size} bytes",
+                               "send the whole body", close=True)
+        self._body_read = True
+        return body
+
+    def _send_json(self, status: int, payload: dict[str, Any], headers: dict[str, str], close: bool) -> None:
+        data = json.dumps(payload).encode("utf-8")
+        try:
+            self.send_response(status)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(data)))
+            for key, value in headers.items():
+                self.send_header(key, value)
+            if close:
+                self.close_connection = True
+                self.send_header("Connection", "close")
+            self.end_headers()
+            self.wfile.write(data)
+        except (BrokenPipeError, ConnectionResetError):  # the client left; nothing to answer
+            self.close_connection = True
+
+    def send_error(self, code: int, message: str | None = None, explain: str | None = None) -> None:
+        """http.server's own errors (malformed request line, unknown method), as JSON. The
+        message is not repeated: it may quote the raw request line."""
+        if self.request_version == "HTTP/0.9":  # a garbled request line: still answer with a status line
+            self.request_version = "HTTP/1.0"
+        phrase = HTTPStatus(code).phrase if code in HTTPStatus._value2member_map_ else "error"
+        fix = ("use GET /health, GET /metadata or POST /predict" if code == 501
+               else "send a well-formed HTTP/1.1 request")
+        self._send_json(code, {"error": f"{code} {phrase}", "fix": fix}, {}, close=True)
+
+    def log_message(self, format: str, *args: Any) -> None:
+        pass  # http.server would print request lines and raw paths to stderr; _route logs a safe line
+
+
+class _HTTPServer(ThreadingHTTPServer):
+    daemon_threads = True
+    block_on_close = False  # idle keep-alive connections must not hold up shutdown; in-flight is tracked
+    request_queue_size = 128  # many clients connecting at once are queued by the kernel, not refused
+    app: "PredictServer"
+
+    def server_bind(self) -> None:
+        # HTTPServer.server_bind looks up the host's FQDN (a DNS query); nothing here needs it.
+        socketserver.TCPServer.server_bind(self)
+        self.server_name, self.server_port = self.server_address[:2]
+
+    def handle_error(self, request, client_address) -> None:
+        log.error("connection handler failed: %s", _failure(sys.exc_info()[1]))
+
+
+class PredictServer:
+    """The HTTP server and its batcher for one loaded model. ``start`` serves in background threads;
+    ``shutdown`` stops accepting, answers everything in flight and queued, then returns."""
+
+    def __init__(self, model: Any, config: ServeConfig):
+        self.model = model
+        self.config = config
+        self.metadata = bundle_metadata(model, config)
+        self.batcher = MicroBatcher(model.predict, config)
+        self._state = threading.Condition()
+        self._in_flight = 0
+        self._draining = False
+        self.requests = 0
+        try:
+            self.httpd = _HTTPServer((config.host, config.port), _Handler)
+        except OSError as exc:
+            raise ServeError(f"cannot listen on {config.host}:{config.port}: {exc.strerror or exc}. Fix: choose "
+                             f"another --port (0 picks a free one) or stop the process that holds it.") from None
+        self.httpd.app = self
+        self._thread = threading.Thread(target=self.httpd.serve_forever, name="edgekit-serve-http", daemon=True)
+
+    @property
+    def address(self) -> tuple[str, int]:
+        return self.httpd.server_address[:2]
+
+    @property
+    def url(self) -> str:
+        host, port = self.address
+        return f"http://{host}:{port}"
+
+    def start(self) -> "PredictServer":
+        self.batcher.start()
+        self._thread.start()
+        return self
+
+    def enter(self) -> bool:
+        """Count a request in flight; False once shutdown began (the caller answers 503)."""
+        with self._state:
+            if self._draining:
+                return False
+            self._in_flight += 1
+            self.requests += 1
+            return True
+
+    def leave(self) -> None:
+        with self._state:
+            self._in_flight -= 1
+            self._state.notify_all()
+
+    def health(self) -> dict[str, Any]:
+        with self._state:
+            in_flight = self._in_flight - 1  # not counting the health request itself
+        return {"status": "ok", "backend": self.model.backend_name, "queue_depth": self.batcher.depth,
+                "queue_size": self.config.queue_size, "in_flight": in_flight, "batches": self.batcher.batches}
+
+    def predict(self, texts: list[str]) -> dict[str, Any]:
+        try:
+            job = self.batcher.submit(texts)
+        except QueueFull as full:
+            raise RequestError(429, f"the inference queue is full: {full.queued} texts waiting + {full.incoming} "
+                                    f"in this request > --queue-size {full.capacity}",
+                               "retry after the Retry-After seconds, send fewer texts per request, or restart "
+                               "the server with a larger --queue-size", headers={"Retry-After": "1"}) from None
+        job.done.wait()
+        if job.error is not None:
+            raise RequestError(*job.error)
+        results = job.result or []
+        return {"predictions": results, "truncated": sum(bool(r.get("truncated")) for r in results),
+                "max_length": self.metadata["max_length"]}
+
+    def shutdown(self, timeout: float | None = None) -> bool:
+        """Stop accepting, finish requests in flight and queued; True if all finished within ``timeout``."""
+        with self._state:
+            self._draining = True
+        self.httpd.shutdown()  # serve_forever returns: no new connections are accepted
+        self.httpd.server_close()
+        deadline = None if timeout is None else time.monotonic() + timeout
+        with self._state:
+            while self._in_flight:
+                left = None if deadline is None else deadline - time.monotonic()
+                if left is not None and left <= 0:
+                    break
+                self._state.wait(left)
+            drained = self._in_flight == 0
+        self.batcher.close(None if deadline is None else max(0.0, deadline - time.monotonic()))
+        return drained
+
+
+def is_loopback(host: str) -> bool:
+    return host in LOOPBACK_HOSTS or host.startswith("127.")
+
+
+def serve(model: Any, config: ServeConfig, *, announce: Callable[[str], None] = print,
+          signals: Sequence[int] = (signal.SIGINT, signal.SIGTERM)) -> int:
+    """Serve until SIGINT or SIGTERM, then shut down gracefully; returns 0. A second signal stops
+    at once (KeyboardInterrupt). Must run in the main thread (signal handlers)."""
+    server = PredictServer(model, config)
+    stop = threading.Event()
+
+    def on_signal(signum, frame):
+        if stop.is_set():
+            raise KeyboardInterrupt
+        stop.set()
+
+    previous = {s: signal.signal(s, on_signal) for s in signals}
+    try:
+        server.start()
+        if not is_loopback(config.host):
+            log.warning("listening on %s: reachable from the network, with no authentication or TLS", config.host)
+        announce(f"serving {model.path} (backend {model.backend_name}) on {server.url} "
+                 f"(max batch {config.max_batch}, max wait {config.max_wait_ms:g} ms, queue {config.queue_size} "
+                 f"texts); Ctrl-C or SIGTERM stops it")
+        while not stop.wait(1.0):
+            pass
+        announce(f"stopping: no new connections; finishing {server.batcher.depth} queued texts and the "
+                 f"requests in flight")
+        server.shutdown()
+        announce(f"stopped after {server.requests} requests")
+        return 0
+    finally:
+        for s, handler in previous.items():
+            signal.signal(s, handler)
