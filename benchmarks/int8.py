@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -42,11 +43,13 @@ from compression import ort_latency  # noqa: E402
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument("--profile", default="x86-64-cpu")
+    ap.add_argument("--profile", default="jetson-orin", help="the demo's profile (default %(default)s)")
     ap.add_argument("--iters", type=int, default=300)
     ap.add_argument("--activation-percentile", type=float, default=None,
                     help="QAT activation ranges from this percentile of |x| instead of the max")
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--keep-bundle", type=Path, metavar="DIR",
+                    help="copy the QAT bundle here (for benchmarks/serve_load.py or arm64_check.sh)")
     args = ap.parse_args(argv)
     threads = torch.get_num_threads()
     profile = resolve_profile(args.profile)
@@ -80,6 +83,8 @@ def main(argv=None) -> int:
         state.onnx_path = None
         run_passes(state, ["qat"] + _graph_passes(recipe), log)
         bundle = edgekit_runtime.write_bundle(state.bundle_path, stage_files(state), build_manifest(state))
+        if args.keep_bundle:
+            shutil.copytree(bundle, args.keep_bundle, dirs_exist_ok=False)
         graphs["QAT (edgekit bundle)"] = bundle / "model.onnx"
         # The peer baseline: the teacher exported as is, ONNX Runtime dynamic int8.
         teacher_fp32 = export_onnx(state.teacher, ad, tok, list(test.texts[:2]), tmp / "teacher.onnx", max_len)

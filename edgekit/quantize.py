@@ -67,7 +67,8 @@ def quantize_embedding_weights(model: torch.nn.Module, min_rows: int = EMBEDDING
 
 def pass_qat(state: "CompileState") -> "PassResult":
     from .pipeline import PassResult
-    from .quant.fake import calibrate, enable_fake_quant, prepare_qat, quantized_linears
+    from .quant.fake import (calibrate, enable_fake_quant, layer_sensitivity, prepare_qat, quantized_linears,
+                             restore_fp32)
     from .train.finetune import evaluate
     from .train.loop import distill_train
 
@@ -77,6 +78,12 @@ def pass_qat(state: "CompileState") -> "PassResult":
     if cfg.embeddings:
         frozen = quantize_embedding_weights(model)
     amax = calibrate(model, _batches(state, cfg.qat.calibration_batches))
+    sensitivity, kept_fp32 = {}, []
+    if cfg.qat.fp32_most_sensitive:
+        # Train texts (never the validation split the gate reads), run with the model's own forward.
+        sensitivity = layer_sensitivity(model, _batches(state, cfg.qat.sensitivity_batches), state.adapter.predictions)
+        ranked = sorted(sensitivity, key=sensitivity.get, reverse=True)
+        kept_fp32 = restore_fp32(model, ranked[:cfg.qat.fp32_most_sensitive])
     enable_fake_quant(model, on=True)
     val = state.splits.validation
     teacher = state.fp32_model.eval() if cfg.qat_teacher == "fp32" else state.teacher
@@ -86,7 +93,9 @@ def pass_qat(state: "CompileState") -> "PassResult":
         eval_fn=lambda: evaluate(model, state.adapter, state.tokenizer, val, state.recipe.max_length))
     state.model = model.eval()
     state.extra_files["training/qat_loss_curve.jsonl"] = result.curve_path
+    top = sorted(sensitivity.items(), key=lambda kv: kv[1], reverse=True)[:5]
     figures = {"quantized_linears": len(quantized_linears(model)), "calibrated_ranges": len(amax),
+               "kept_fp32": kept_fp32, "most_sensitive": {k: round(v, 5) for k, v in top},
                "int8_embedding_tables": frozen if cfg.embeddings else [],
                "distilled_from": cfg.qat_teacher,
                "steps": result.steps, "seconds": round(result.seconds, 1), "best_validation": result.best_metric,

@@ -241,8 +241,8 @@ DEMO_OVERRIDES: dict[str, dict[str, Any]] = {
     "prune": {"layers_to_keep": 3, "heads_to_keep": 8, "head_score": "gradient"},
     "student_train": {"batch_size": 16, "grad_accum": 2, "learning_rate": 1e-4, "epochs": 1.0,
                       "eval_every": 125},
-    # No int8 by default yet: QAT on this student still misses the quantized gate (98.1% argmax
-    # agreement, 1.06-point macro-F1 drop; benchmarks/README.md). Opt in with [quantize] method.
+    # The whole chain: QAT int8 (the Jetson profiles' QDQ; the CPU profiles' int8_format is qdq too).
+    "quantize": {"method": "qat"},
 }
 
 

@@ -15,7 +15,8 @@ from edgekit.distill import DistillConfig, LogitKDConfig, Schedule, distill_loss
 from edgekit.export.graph import GraphIndex
 from edgekit.export.onnx_export import export_onnx
 from edgekit.quant.fake import (QATConfig, QuantError, QuantLinear, calibrate, enable_fake_quant, fake_quant,
-                                per_channel_scale, prepare_qat, quantized_linears)
+                                fake_quant_learned, layer_sensitivity, per_channel_scale, prepare_qat,
+                                quantized_linears, restore_fp32)
 from edgekit.quant.onnx_int8 import fold_weight_quantize, quantize_embeddings, quantize_like_onnx
 from edgekit.tasks import get_task
 from onnx_fixtures import ARCHS, run_onnx, single_op_model, tiny_inputs, tiny_model
@@ -118,6 +119,58 @@ def test_qat_fine_tunes_with_the_distillation_loss():
     assert losses[-1] < 0.5 * losses[0]          # the fake-quant student learns through the STE
     assert all(torch.equal(m.input_amax, ranges[n]) for n, m in quantized_linears(student).items())  # frozen
     assert not torch.equal(per_channel_scale(query.weight), scale_before)   # weight scales follow the weights
+
+
+def test_learned_range_forward_equals_fake_quant_and_its_gradient_is_lsq():
+    x = torch.tensor([0.30, -1.26, 2.00, 0.04], requires_grad=True)
+    amax = torch.tensor(1.27, requires_grad=True)          # scale 0.01 (127 steps)
+    y = fake_quant_learned(x, amax, -128)
+    torch.testing.assert_close(y, fake_quant(x.detach(), amax.detach() / 127, -128), rtol=0, atol=0)
+    y.sum().backward()
+    assert x.grad.tolist() == [1.0, 1.0, 0.0, 1.0]          # clipped straight-through (2.00 is past 1.27)
+    # d/d scale, per element: round(v) - v inside the range, the bound (127) when clipped; v = x / scale
+    v = np.array([30.0, -126.0, 127.0, 4.0])
+    per_scale = np.where(np.abs([0.30, -1.26, 2.00, 0.04]) <= 1.27, np.round(v) - v, 127.0)
+    g = 1.0 / np.sqrt(4 * 127)                              # LSQ gradient scale
+    assert amax.grad.item() == pytest.approx(per_scale.sum() * g / 127, abs=1e-6)
+
+
+def test_learned_ranges_start_at_the_calibrated_amax_and_train():
+    model = prepare_qat(tiny_model("bert"), QATConfig(learn_ranges=True))
+    feeds = {k: torch.from_numpy(v) for k, v in tiny_inputs(4, 12, seed=2).items()}
+    calibrate(model, [feeds])
+    enable_fake_quant(model)
+    q = quantized_linears(model)["bert.encoder.layer.0.intermediate.dense"]
+    assert q.learned_amax.item() == q.input_amax.item() and q.learned_amax.requires_grad
+    before = q.learned_amax.item()
+    opt = torch.optim.SGD([p for p in model.parameters() if p.requires_grad], lr=0.5)
+    model(**feeds).logits.pow(2).sum().backward()
+    opt.step()
+    assert q.learned_amax.item() != before and q.input_amax.item() == before  # the observed range stays as is
+
+
+def test_sensitivity_ranks_a_linear_with_an_outlier_input_first_and_restore_fp32_removes_its_qdq(tmp_path):
+    model = tiny_model("bert")
+    ffn_out = model.bert.encoder.layer[0].output.dense
+    with torch.no_grad():   # one huge input channel: per-tensor int8 flattens every other channel to 0
+        model.bert.encoder.layer[0].intermediate.dense.bias[3] = 400.0
+        ffn_out.weight[:, 3] = 0.0
+    model = prepare_qat(model.eval())
+    feeds = {k: torch.from_numpy(v) for k, v in tiny_inputs(4, 12, seed=3).items()}
+    calibrate(model, [feeds])
+    scores = layer_sensitivity(model, [feeds])
+    assert set(scores) == set(quantized_linears(model)) and all(v >= 0 for v in scores.values())
+    assert max(scores, key=scores.get) == "bert.encoder.layer.0.output.dense"
+    assert restore_fp32(model, ["bert.encoder.layer.0.output.dense"]) == ["bert.encoder.layer.0.output.dense"]
+    restored = model.bert.encoder.layer[0].output.dense
+    assert type(restored) is nn.Linear and restored.weight is ffn_out.weight   # the same Parameter
+    enable_fake_quant(model)
+    path = export_onnx(model, get_task("sequence-classification"), make_tokenizer(), TEXTS[:2],
+                       tmp_path / "m.onnx", 16)
+    graph = onnx.load(str(path)).graph
+    assert sum(n.op_type == "QuantizeLinear" for n in graph.node) == 2 * (len(quantized_linears(model)))
+    with pytest.raises(QuantError, match="not QuantLinears"):
+        restore_fp32(model, ["bert.encoder.layer.0.output.dense"])
 
 
 # --- prepare_qat ------------------------------------------------------------------------------------

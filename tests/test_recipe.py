@@ -18,7 +18,7 @@ def test_demo_sizing_only_for_demo():
     demo = load_recipe(None, {})
     assert demo.is_demo and demo.finetune.max_steps == DEMO_OVERRIDES["finetune"]["max_steps"]
     assert demo.data.label_column == "sentiment"
-    assert demo.student.enabled and demo.prune.layers_to_keep == 3 and demo.quantize.method == "none"
+    assert demo.student.enabled and demo.prune.layers_to_keep == 3 and demo.quantize.method == "qat"
     user = load_recipe(None, {"teacher": "x", "data": {"path": "d.csv"}})
     assert user.finetune.max_steps is None and user.data.label_column == "label"
     assert not user.student.enabled and user.quantize.method == "none"  # compression is opt-in

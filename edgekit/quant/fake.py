@@ -37,7 +37,7 @@ from ..config import _require
 QMAX = 127
 ACT_QMIN = -128       # what QuantizeLinear saturates to
 WEIGHT_QMIN = -127    # narrow range; symmetric around zero
-OBSERVING, QUANTIZING = "observing", "quantizing"
+OBSERVING, QUANTIZING, PASSTHROUGH = "observing", "quantizing", "passthrough"
 
 
 class QuantError(EdgekitError):
@@ -65,6 +65,12 @@ class QATConfig:
     # After calibration, fine-tune the activation ranges with the weights (LSQ, Esser et al. 2020):
     # the calibrated amax is the start, the gradient of the quantization error moves it.
     learn_ranges: bool = False
+    # After calibration, the Linears whose int8 alone moves the logits most (measured on calibration
+    # texts) go back to fp32: mixed precision where one layer carries most of the error (in BERT, the
+    # first FFN output projection, whose post-GELU input has outlier channels a per-tensor int8
+    # scale cannot cover; Bondarenko et al. 2021).
+    fp32_most_sensitive: int = 1
+    sensitivity_batches: int = 8
 
     def __post_init__(self):
         for key in ("include", "exclude"):
@@ -79,6 +85,11 @@ class QATConfig:
                  "must be in [0, 1) (0 keeps only the last batch)", "use 0.9")
         _require(isinstance(self.calibration_batches, int) and self.calibration_batches >= 1, "qat",
                  "calibration_batches", self.calibration_batches, "must be a positive integer", "use 16")
+        _require(isinstance(self.fp32_most_sensitive, int) and self.fp32_most_sensitive >= 0, "qat",
+                 "fp32_most_sensitive", self.fp32_most_sensitive, "must be a non-negative integer",
+                 "use 1 (0 quantizes every selected Linear)")
+        _require(isinstance(self.sensitivity_batches, int) and self.sensitivity_batches >= 1, "qat",
+                 "sensitivity_batches", self.sensitivity_batches, "must be a positive integer", "use 8")
         p = self.activation_percentile
         _require(p is None or 50.0 < p <= 100.0, "qat", "activation_percentile", p,
                  "must be in (50, 100]", "use e.g. 99.99, or leave it out to observe max|x|")
@@ -204,6 +215,8 @@ class QuantLinear(nn.Module):
             self.learned_amax.copy_(self.input_range())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.mode == PASSTHROUGH:
+            return nn.functional.linear(x, self.weight, self.bias)
         if self.mode == OBSERVING:
             if not torch.onnx.is_in_onnx_export():
                 self.observe(x)
@@ -278,3 +291,55 @@ def calibrate(model: nn.Module, batches: Iterable[Mapping[str, Any] | tuple], ma
     if seen == 0:
         raise QuantError("calibrate got no batches. Fix: pass at least one batch of model inputs.")
     return {name: float(m.input_amax) for name, m in linears.items()}
+
+
+@torch.no_grad()
+def layer_sensitivity(model: nn.Module, batches: Iterable[Mapping[str, Any]],
+                      output: Any = lambda out: out.logits) -> dict[str, float]:
+    """Per QuantLinear: mean |output change| when only that Linear is int8 (the rest fp32), on ``batches``.
+
+    ``output`` picks the compared tensor from the model's outputs (default: ``.logits``).
+    Needs calibrated ranges; leaves every QuantLinear observing-free (passthrough) afterwards, so
+    call ``enable_fake_quant`` next.
+    """
+    linears = quantized_linears(model)
+    if not linears:
+        raise QuantError("model has no QuantLinear. Fix: call prepare_qat(model, cfg) and calibrate first.")
+    batches = list(batches)
+    if not batches:
+        raise QuantError("layer_sensitivity got no batches. Fix: pass at least one batch of model inputs.")
+    for m in linears.values():
+        m.input_scale()  # calibrated, or a QuantError that names the fix
+    was_training = model.training
+    model.eval()
+    try:
+        for m in linears.values():
+            m.mode = PASSTHROUGH
+        reference = [output(model(**b)) for b in batches]
+        scores = {}
+        for name, m in linears.items():
+            m.mode = QUANTIZING
+            diffs = [(output(model(**b)) - ref).abs().mean() for b, ref in zip(batches, reference)]
+            scores[name] = float(torch.stack(diffs).mean())
+            m.mode = PASSTHROUGH
+    finally:
+        model.train(was_training)
+    return scores
+
+
+def restore_fp32(model: nn.Module, names: Iterable[str]) -> list[str]:
+    """Put plain nn.Linear (the same Parameters) back in place of the named QuantLinears."""
+    linears = quantized_linears(model)
+    unknown = [n for n in names if n not in linears]
+    if unknown:
+        raise QuantError(f"restore_fp32: {unknown} are not QuantLinears of this model. Fix: use names from "
+                         f"quantized_linears(model).")
+    done = []
+    for name in names:
+        q = linears[name]
+        linear = nn.Linear(q.in_features, q.out_features, bias=q.bias is not None)
+        linear.weight, linear.bias = q.weight, q.bias
+        parent_name, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent_name) if parent_name else model, attr, linear)
+        done.append(name)
+    return done
