@@ -65,11 +65,20 @@ def quantize_embedding_weights(model: torch.nn.Module, min_rows: int = EMBEDDING
     return done
 
 
+def _selection_split(train, n: int, seed: int = 3):
+    """(held-out selection texts, the rest for training): at most a fifth of the train split."""
+    n = min(n, len(train) // 5)
+    if n < 1:
+        return None, train
+    order = np.random.default_rng(seed).permutation(len(train))
+    return train.subset(sorted(order[:n])), train.subset(sorted(order[n:]))
+
+
 def pass_qat(state: "CompileState") -> "PassResult":
     from .pipeline import PassResult
     from .quant.fake import (calibrate, enable_fake_quant, layer_sensitivity, prepare_qat, quantized_linears,
                              restore_fp32)
-    from .train.finetune import evaluate
+    from .train.finetune import evaluate, predict
     from .train.loop import distill_train
 
     cfg = state.recipe.quantize
@@ -85,12 +94,38 @@ def pass_qat(state: "CompileState") -> "PassResult":
         ranked = sorted(sensitivity, key=sensitivity.get, reverse=True)
         kept_fp32 = restore_fp32(model, ranked[:cfg.qat.fp32_most_sensitive])
     enable_fake_quant(model, on=True)
-    val = state.splits.validation
+    val, max_len = state.splits.validation, state.recipe.max_length
+    selection, train = _selection_split(state.splits.train, cfg.qat.selection_texts)
+    if selection is not None:
+        reference = predict(state.fp32_model, state.adapter, state.tokenizer, selection, max_len).argmax(-1)
+
+        def agreement() -> float:
+            return float((predict(model, state.adapter, state.tokenizer, selection, max_len).argmax(-1)
+                          == reference).mean())
+
+        def eval_fn() -> dict[str, float]:  # the first key is what picks the checkpoint
+            return {"selection_agreement": agreement(),
+                    **evaluate(model, state.adapter, state.tokenizer, val, max_len)}
+
+        before = agreement()
+        start_weights = copy.deepcopy(model.state_dict())
+    else:
+        def eval_fn() -> dict[str, float]:
+            return evaluate(model, state.adapter, state.tokenizer, val, max_len)
+
     teacher = state.fp32_model.eval() if cfg.qat_teacher == "fp32" else state.teacher
     result = distill_train(
-        model, teacher, state.adapter, state.tokenizer, state.splits.train, val, state.recipe.qat_distill,
-        state.recipe.qat_train, state.recipe.max_length, state.workdir / "qat", resume=state.resume,
-        eval_fn=lambda: evaluate(model, state.adapter, state.tokenizer, val, state.recipe.max_length))
+        model, teacher, state.adapter, state.tokenizer, train, val, state.recipe.qat_distill,
+        state.recipe.qat_train, max_len, state.workdir / "qat", resume=state.resume, eval_fn=eval_fn)
+    notes = list(result.alerts)
+    kept = "qat"
+    if selection is not None:
+        after = agreement()
+        if after < before:  # training made it worse at what it is for: keep the calibrated weights
+            model.load_state_dict(start_weights)
+            kept = "calibrated"
+            notes.append(f"QAT lowered argmax agreement with the fp32 model on {len(selection)} held-out train "
+                         f"texts ({before:.4f} -> {after:.4f}): kept the calibrated int8 model from before QAT")
     state.model = model.eval()
     state.extra_files["training/qat_loss_curve.jsonl"] = result.curve_path
     top = sorted(sensitivity.items(), key=lambda kv: kv[1], reverse=True)[:5]
@@ -98,10 +133,13 @@ def pass_qat(state: "CompileState") -> "PassResult":
                "kept_fp32": kept_fp32, "most_sensitive": {k: round(v, 5) for k, v in top},
                "int8_embedding_tables": frozen if cfg.embeddings else [],
                "distilled_from": cfg.qat_teacher,
-               "steps": result.steps, "seconds": round(result.seconds, 1), "best_validation": result.best_metric,
+               "selection": None if selection is None else {
+                   "texts": len(selection), "agreement_before_qat": before, "agreement_after_qat": after,
+                   "kept": kept},
+               "steps": result.steps, "seconds": round(result.seconds, 1), "best_checkpoint_metric": result.best_metric,
                "history": result.history, "alerts": result.alerts}
     state.figures.setdefault("compression", {})["qat"] = figures
-    return PassResult(figures=figures, notes=list(result.alerts))
+    return PassResult(figures=figures, notes=notes)
 
 
 def pass_int8(state: "CompileState") -> "PassResult":

@@ -71,6 +71,10 @@ class QATConfig:
     # scale cannot cover; Bondarenko et al. 2021).
     fp32_most_sensitive: int = 1
     sensitivity_batches: int = 8
+    # Train texts held out of QAT's training: checkpoints are chosen by argmax agreement with the
+    # fp32 model on them (what the quantized gate measures, on other texts), and QAT's weights are
+    # kept only if they agree better than the calibrated model did before training.
+    selection_texts: int = 1000
 
     def __post_init__(self):
         for key in ("include", "exclude"):
@@ -90,6 +94,9 @@ class QATConfig:
                  "use 1 (0 quantizes every selected Linear)")
         _require(isinstance(self.sensitivity_batches, int) and self.sensitivity_batches >= 1, "qat",
                  "sensitivity_batches", self.sensitivity_batches, "must be a positive integer", "use 8")
+        _require(isinstance(self.selection_texts, int) and self.selection_texts >= 0, "qat", "selection_texts",
+                 self.selection_texts, "must be a non-negative integer",
+                 "use 1000 (0 keeps the last QAT checkpoint unchecked)")
         p = self.activation_percentile
         _require(p is None or 50.0 < p <= 100.0, "qat", "activation_percentile", p,
                  "must be in (50, 100]", "use e.g. 99.99, or leave it out to observe max|x|")
