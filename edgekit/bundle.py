@@ -54,11 +54,16 @@ def _io_spec(path: Path) -> dict[str, list[dict[str, Any]]]:
 
 
 def engine_plan(state: "CompileState") -> dict[str, Any] | None:
-    """What the device's TensorRT build needs: precision flags and the min / opt / max input shapes.
+    """What the device's TensorRT build needs: precision flags, the min / opt / max input shapes,
+    the workspace pool, and the same build as a TensorRT 10 ``trtexec`` command line.
 
     A QDQ int8 graph builds with int8 and fp16 enabled (explicit quantization; the layers left in
-    floating point run in fp16); an fp32 graph builds with the profile's default precision.
+    floating point run in fp16); an fp32 graph builds with the profile's default precision. The
+    workspace is ``edgekit_runtime.trt_engine.workspace_mb`` of the profile's memory budget; the
+    runtime's native TensorRT backend builds with exactly these values.
     """
+    from edgekit_runtime.trt_engine import ENGINE_FILE, trtexec_line, workspace_mb
+
     profile = state.profile
     if not any(b in ("tensorrt", "ort-tensorrt") for b in profile.backends):
         return None
@@ -66,8 +71,11 @@ def engine_plan(state: "CompileState") -> dict[str, Any] | None:
         ["fp16"] if profile.default_precision == "fp16" else [])
     max_len = min(state.recipe.max_length, profile.max_sequence_length)
     inputs = [i.name for i in onnx.load(str(state.onnx_path), load_external_data=False).graph.input]
-    return {"tensorrt": profile.tensorrt, "compute_capability": profile.compute_capability, "flags": flags,
+    plan = {"tensorrt": profile.tensorrt, "compute_capability": profile.compute_capability, "flags": flags,
+            "workspace_mb": workspace_mb(profile.memory_budget_mb),
             "shapes": {name: {"min": [1, 1], "opt": [1, max_len], "max": [32, max_len]} for name in inputs}}
+    plan["trtexec"] = trtexec_line(plan, onnx=MODEL_FILE, engine=ENGINE_FILE)
+    return plan
 
 
 def build_manifest(state: "CompileState") -> dict[str, Any]:

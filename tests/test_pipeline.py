@@ -198,6 +198,7 @@ def test_qat_student_bundle_stores_int8_weights(tmp_path, bert_dir):
     assert manifest["model"]["precision"] == "int8"
     assert manifest["model"]["int8"] == {"method": "qat", "format": "qdq"}
     assert manifest["engine_plan"]["flags"] == ["int8", "fp16"]  # explicit quantization, the rest in fp16
+    assert manifest["engine_plan"]["trtexec"].endswith(" --fp16 --int8 --memPoolSize=workspace:4096M --skipInference")
     names = [p["name"] for p in manifest["pass_log"]]
     assert names.index("qat") < names.index("export") < names.index("int8") < names.index("quant-gate")
     graph = onnx.load(str(state.bundle_path / "model.onnx"))
@@ -274,9 +275,53 @@ def test_engine_plan_for_tensorrt_targets_only(tmp_path, bert_dir):
     plan = edgekit_runtime.verify_bundle(state.bundle_path)["engine_plan"]
     assert plan["flags"] == ["fp16"] and plan["tensorrt"] == "10.3" and plan["compute_capability"] == "8.7"
     assert plan["shapes"]["input_ids"] == {"min": [1, 1], "opt": [1, 32], "max": [32, 32]}
+    assert plan["workspace_mb"] == 4096  # a quarter of jetson-orin's 16384 MiB budget
+    assert plan["trtexec"] == (
+        "trtexec --onnx=model.onnx --saveEngine=model.engine"
+        " --minShapes=input_ids:1x1,attention_mask:1x1,token_type_ids:1x1"
+        " --optShapes=input_ids:1x32,attention_mask:1x32,token_type_ids:1x32"
+        " --maxShapes=input_ids:32x32,attention_mask:32x32,token_type_ids:32x32"
+        " --fp16 --memPoolSize=workspace:4096M --skipInference")
     (tmp_path / "cpu").mkdir()
     cpu = _compile(tmp_path / "cpu", bert_dir, "raspberry-pi-5")
     assert edgekit_runtime.verify_bundle(cpu.bundle_path)["engine_plan"] is None
+
+
+def _two_input_graph(path):
+    inputs = [onnx.helper.make_tensor_value_info(n, onnx.TensorProto.INT64, ["batch", "sequence"])
+              for n in ("input_ids", "attention_mask")]
+    out = onnx.helper.make_tensor_value_info("logits", onnx.TensorProto.INT64, ["batch", "sequence"])
+    node = onnx.helper.make_node("Add", ["input_ids", "attention_mask"], ["logits"])
+    onnx.save(onnx.helper.make_model(onnx.helper.make_graph([node], "g", inputs, [out])), str(path))
+    return path
+
+
+@pytest.mark.parametrize("profile_name, precision, want", [
+    ("jetson-orin", "int8", ["int8", "fp16"]), ("jetson-orin", "fp32", ["fp16"]),
+    ("jetson-orin-nano", "int8", ["int8", "fp16"]), ("jetson-orin-nano", "fp32", ["fp16"])])
+def test_engine_plan_trtexec_line_matches_the_plan(tmp_path, profile_name, precision, want):
+    from types import SimpleNamespace
+
+    from edgekit.bundle import engine_plan
+
+    profile = resolve_profile(profile_name)
+    state = SimpleNamespace(profile=profile, precision=precision, recipe=SimpleNamespace(max_length=64),
+                            onnx_path=_two_input_graph(tmp_path / "model.onnx"))
+    plan = engine_plan(state)
+    assert plan["flags"] == want
+    ws = max(256, profile.memory_budget_mb // 4)
+    assert plan["workspace_mb"] == ws
+    precision_flags = " --fp16 --int8" if "int8" in want else " --fp16"
+    assert plan["trtexec"] == (
+        "trtexec --onnx=model.onnx --saveEngine=model.engine"
+        " --minShapes=input_ids:1x1,attention_mask:1x1 --optShapes=input_ids:1x64,attention_mask:1x64"
+        f" --maxShapes=input_ids:32x64,attention_mask:32x64{precision_flags}"
+        f" --memPoolSize=workspace:{ws}M --skipInference")
+    # The runtime accepts the plan as written and derives the same line from it.
+    from edgekit_runtime.trt_engine import check_engine_plan, trtexec_line
+
+    checked = check_engine_plan(plan, ["input_ids", "attention_mask"])
+    assert trtexec_line(checked) == plan["trtexec"]
 
 
 def test_a_prune_plan_the_teacher_cannot_take_fails_before_fine_tuning(tmp_path, bert_dir):

@@ -76,23 +76,36 @@ class OrtBackend(Backend):
     """onnxruntime with one execution provider (CPU nodes for what the provider cannot run)."""
 
     def __init__(self, name: str, model_path: str | Path, *, threads: int | None = None,
-                 available_providers: Sequence[str] | None = None, quantized: bool = False):
+                 available_providers: Sequence[str] | None = None, quantized: bool = False,
+                 engine_plan: Mapping | None = None, model_sha256: str | None = None,
+                 workspace_mb: int | None = None):
+        """``engine_plan`` (the manifest's), ``model_sha256`` (default: hashed from the file) and
+        ``workspace_mb`` shape the TensorRT provider's options (``trt_engine.ort_tensorrt_options``);
+        the other providers ignore them."""
         if name not in ORT_PROVIDERS:
             raise BackendError(f"backend {name!r} is not an onnxruntime backend; those are {list(ORT_PROVIDERS)}.")
         self.name = name
         self.provider = ORT_PROVIDERS[name]
+        self.trt_options: dict | None = None
         available = ort.get_available_providers() if available_providers is None else available_providers
         providers: list = [self.provider]
         if self.provider == "TensorrtExecutionProvider":
-            cache, options = _trt_cache_dir(), {}
+            from .bundle import sha256_file
+            from .trt_engine import ort_engine_dir, ort_tensorrt_options
+
+            engine_dir: Path | None = ort_engine_dir(_trt_cache_dir(), ort.__version__, engine_plan,
+                                                     model_sha256 or sha256_file(model_path))
             try:
-                cache.mkdir(parents=True, exist_ok=True)
-                options = {"trt_engine_cache_enable": True, "trt_engine_cache_path": str(cache),
-                           "trt_timing_cache_enable": True, "trt_timing_cache_path": str(cache)}
+                engine_dir.mkdir(parents=True, exist_ok=True)
             except OSError as exc:
                 log.warning("TensorRT engine cache disabled: cannot create %s (%s); every start rebuilds the "
-                            "engine. Fix: set EDGEKIT_CACHE_DIR to a writable directory.", cache, exc)
-            providers = [(self.provider, options)]
+                            "engine. Fix: set EDGEKIT_CACHE_DIR to a writable directory.", engine_dir, exc)
+                engine_dir = None
+            workspace = (engine_plan or {}).get("workspace_mb") or workspace_mb
+            self.trt_options = ort_tensorrt_options(
+                engine_plan, engine_dir, timing_dir=engine_dir.parent if engine_dir is not None else None,
+                workspace_bytes=workspace << 20 if workspace else None)
+            providers = [(self.provider, self.trt_options)]
             if "CUDAExecutionProvider" in available:
                 providers.append("CUDAExecutionProvider")  # subgraphs TensorRT rejects stay on the GPU
         if self.provider != "CPUExecutionProvider":
@@ -150,34 +163,42 @@ def smoke_feeds(inputs: Sequence[TensorSpec]) -> dict[str, np.ndarray]:
     return feeds
 
 
-def _create(word: str, model_path: Path, available: Sequence[str], threads: int | None, quantized: bool) -> Backend:
+def _create(word: str, model_path: Path, available: Sequence[str], threads: int | None, quantized: bool, *,
+            engine_plan: Mapping | None = None, model_sha256: str | None = None,
+            memory_budget_mb: int | None = None) -> Backend:
     if word == "tensorrt":
-        try:
-            import tensorrt  # noqa: F401  (only present on TensorRT machines)
-        except Exception as exc:
-            raise _Skip(f"the 'tensorrt' Python package is not importable here ({type(exc).__name__}: {exc}); "
-                        f"using the next backend") from None
-        raise _Skip("native TensorRT backend not implemented in this runtime version; using the next backend")
+        from .trt_engine import TensorRTBackend  # imports tensorrt itself, lazily; _Skip when it is missing
+
+        return TensorRTBackend(model_path, engine_plan, model_sha256=model_sha256, memory_budget_mb=memory_budget_mb)
     if word not in ORT_PROVIDERS:
         raise _Skip(f"unknown backend word; this runtime knows ['tensorrt', {', '.join(map(repr, ORT_PROVIDERS))}]")
     provider = ORT_PROVIDERS[word]
     if provider not in available:
         raise _Skip(f"{provider} is not available in this onnxruntime (available: {list(available)}); "
                     f"install the onnxruntime build that has it (onnxruntime-gpu, or the JetPack wheel on a Jetson)")
-    return OrtBackend(word, model_path, threads=threads, available_providers=available, quantized=quantized)
+    workspace = None
+    if provider == "TensorrtExecutionProvider" and memory_budget_mb:
+        from .trt_engine import workspace_mb
+
+        workspace = workspace_mb(memory_budget_mb)
+    return OrtBackend(word, model_path, threads=threads, available_providers=available, quantized=quantized,
+                      engine_plan=engine_plan, model_sha256=model_sha256, workspace_mb=workspace)
 
 
 def select_backend(model_path: str | Path, profile: DeviceProfile, available_providers: Sequence[str] | None = None,
                    threads: int | None = None, *, backends: Sequence[str] | None = None,
                    feed_builder: Callable[[Backend], Mapping[str, np.ndarray]] | None = None,
-                   quantized: bool = False) -> tuple[Backend, list[str]]:
+                   quantized: bool = False, engine_plan: Mapping | None = None,
+                   model_sha256: str | None = None) -> tuple[Backend, list[str]]:
     """The first of the profile's backends (or ``backends``) that builds and passes a smoke run.
 
     Returns the backend and the reasons the earlier ones were passed over. ``feed_builder``
     makes the smoke feed from the backend (default: ``smoke_feeds``); a BundleError it raises
     is the bundle's fault, not the backend's, and is not turned into a fallback. ``quantized``
     says the graph is QDQ int8 (the manifest's model.precision), which changes onnxruntime's CPU
-    session options (see ``ort_session``).
+    session options (see ``ort_session``). ``engine_plan`` (the manifest's, checked) drives the
+    TensorRT backends: precision flags, min/opt/max shapes, workspace; ``model_sha256`` (the
+    manifest's for the model file; default: hashed from the file) keys their engine caches.
     """
     if threads is not None and (not isinstance(threads, int) or isinstance(threads, bool) or threads <= 0):
         raise BackendError(f"threads={threads!r}: expected a positive integer. Fix: pass e.g. threads=4, or None "
@@ -188,7 +209,8 @@ def select_backend(model_path: str | Path, profile: DeviceProfile, available_pro
     reasons: list[str] = []
     for word in order:
         try:
-            backend = _create(word, model_path, available, threads, quantized)
+            backend = _create(word, model_path, available, threads, quantized, engine_plan=engine_plan,
+                              model_sha256=model_sha256, memory_budget_mb=profile.memory_budget_mb)
             feeds = feed_builder(backend) if feed_builder else smoke_feeds(backend.inputs)
             outputs = backend.run(feeds)
             for name, value in outputs.items():

@@ -115,10 +115,40 @@ def bundle_info(path: str, manifest: dict[str, Any]) -> dict[str, Any]:
                   if k in model},
         "tokenizer": {k: tok.get(k) for k in ("file", "max_length", "pad_token_id", "padding_side", "truncation_side")},
         "figures": figures,
+        "engine_plan": _engine_plan_info(manifest.get("engine_plan")),
         "pass_log": [{"name": p.get("name"), "seconds": p.get("seconds")} if isinstance(p, dict) else {"name": str(p)}
                      for p in manifest["pass_log"] or []],
         "files": {name: entry.get("bytes") for name, entry in manifest["files"].items()},
     }
+
+
+def _engine_plan_info(plan: Any) -> dict[str, Any] | None:
+    """The manifest's engine_plan with its trtexec line (derived here for bundles that predate it)."""
+    if not isinstance(plan, dict):
+        return None
+    out = dict(plan)
+    if not isinstance(out.get("trtexec"), str):
+        from .errors import BundleError
+        from .trt_engine import check_engine_plan, trtexec_line
+
+        try:
+            out["trtexec"] = trtexec_line(check_engine_plan(plan))
+        except BundleError:
+            out["trtexec"] = None
+    return out
+
+
+def _engine_rows(plan: dict[str, Any] | None) -> list[tuple[str, str]]:
+    if plan is None:  # a profile without TensorRT backends
+        return []
+    shapes = plan.get("shapes") or {}
+    first = next(iter(shapes.values()), {}) if isinstance(shapes, dict) else {}
+    ranges = ", ".join(f"{k} {first.get(k)}" for k in ("min", "opt", "max")) if isinstance(first, dict) else "?"
+    flags = plan.get("flags")
+    return [("tensorrt", f"TensorRT {plan.get('tensorrt')}, sm {plan.get('compute_capability')}, flags "
+                         f"{', '.join(flags) if isinstance(flags, list) and flags else '(fp32)'}, workspace "
+                         f"{plan.get('workspace_mb', '(default)')} MiB, shapes {ranges} for {len(shapes)} inputs"),
+            ("trtexec", plan.get("trtexec") or "(plan malformed: no command line)")]
 
 
 def _compact(value: Any, depth: int = 0) -> str:
@@ -164,6 +194,7 @@ def cmd_info(args: argparse.Namespace) -> int:
         ("tokenizer", f"{t['file']}, max length {t['max_length']}, pad id {t['pad_token_id']}, "
                       f"padding {t['padding_side']}, truncation {t['truncation_side']}"),
     ]
+    rows += _engine_rows(info["engine_plan"])
     for key in ("validation", "substitutions"):
         rows.append((key, _compact(info["figures"][key]) if key in info["figures"] else "(not recorded)"))
     rows += [(key, _compact(value)) for key, value in info["figures"].items() if key not in ("validation", "substitutions")]

@@ -25,6 +25,7 @@ from .profile import BACKENDS, PRECISIONS, DeviceProfile, profile_from_dict
 from .signing import SIGNATURE, check_signature, signature_key
 from .tasks import TaskHead, get_task
 from .tokenizer import TextEncoder, check_texts
+from .trt_engine import check_engine_plan
 
 log = logging.getLogger("edgekit_runtime")
 
@@ -245,6 +246,9 @@ def load(path: str | Path, *, verify: bool = True, backend: str | None = None,
         profile = bundle_profile(manifest)
         task = get_task(manifest)
         model_file = _check_model_section(manifest, profile)
+        plan = check_engine_plan(manifest.get("engine_plan"),
+                                 [s.get("name") for s in manifest_value(manifest, "model.inputs", list)
+                                  if isinstance(s, dict)])
         encoder = TextEncoder.from_manifest(bundle_dir, manifest)
         if backend is not None and backend not in profile.backends:
             raise BackendError(f"backend {backend!r} is not one profile '{profile.name}' lists "
@@ -257,7 +261,11 @@ def load(path: str | Path, *, verify: bool = True, backend: str | None = None,
 
         chosen, reasons = select_backend(bundle_dir / model_file, profile, threads=threads,
                                          backends=None if backend is None else [backend], feed_builder=smoke,
-                                         quantized=manifest_value(manifest, "model.precision", str) == "int8")
+                                         quantized=manifest_value(manifest, "model.precision", str) == "int8",
+                                         engine_plan=plan,
+                                         # Unverified files may not be what the manifest hashed: the TensorRT
+                                         # engine caches then key on the file's own sha256.
+                                         model_sha256=manifest["files"][model_file]["sha256"] if verify else None)
     except BaseException:
         if tmp is not None:
             shutil.rmtree(tmp, ignore_errors=True)

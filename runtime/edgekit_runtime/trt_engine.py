@@ -1,0 +1,691 @@
+"""TensorRT: the bundle's engine plan, ONNX Runtime's TensorRT provider options, and the native
+TensorRT backend with its engine cache.
+
+The host writes ``engine_plan`` into the manifest (``edgekit/bundle.py``): precision ``flags``
+(``["int8", "fp16"]``, ``["fp16"]`` or ``[]``), ``shapes`` (``{input: {min, opt, max}}``),
+``workspace_mb`` and the equivalent ``trtexec`` command line. Everything here that turns a plan
+into options or a command line is a pure function.
+
+The native backend builds a TensorRT engine from the bundle's ONNX graph once per device and
+caches it (``EngineCache``). Every call into ``tensorrt`` and CUDA sits in ``TensorRTAdapter``, so
+the cache logic runs under test with a fake adapter on machines without a GPU. ``tensorrt`` is
+imported only when the native backend is tried.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import datetime as _dt
+import hashlib
+import json
+import logging
+import os
+import shlex
+import threading
+import time
+from pathlib import Path
+from typing import Any, Iterator, Mapping, Sequence
+
+import numpy as np
+
+from .backends import Backend, TensorSpec, _Skip, _trt_cache_dir
+from .bundle import MANIFEST, canonical_json, sha256_file
+from .errors import BackendError, BundleError
+
+log = logging.getLogger("edgekit_runtime")
+
+PLAN_FLAGS = ("int8", "fp16")
+SHAPE_KEYS = ("min", "opt", "max")
+MIN_WORKSPACE_MB = 256
+ENGINE_FILE = "model.engine"  # the name the trtexec line saves to
+CACHE_FORMAT = 1  # bump when the engine cache's layout or metadata changes: every engine rebuilds
+
+
+# ---------------------------------------------------------------- the plan (pure)
+
+def _positive_int(value: Any) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
+
+
+def check_engine_plan(plan: Any, input_names: Sequence[str] | None = None) -> dict[str, Any] | None:
+    """The manifest's ``engine_plan`` checked (None stays None); BundleError names what is wrong.
+
+    ``input_names``: the graph inputs the manifest lists; the plan must give shapes for exactly those.
+    """
+    if plan is None:
+        return None
+
+    def bad(what: str) -> BundleError:
+        return BundleError(f"{MANIFEST}: engine_plan{what}. Fix: recompile the bundle (the host writes engine_plan "
+                           f"from the exported graph and the profile).")
+
+    if not isinstance(plan, Mapping):
+        raise bad(f" is {plan!r}, expected a table or null")
+    flags = plan.get("flags")
+    if not isinstance(flags, list) or any(f not in PLAN_FLAGS for f in flags) or len(set(flags)) != len(flags):
+        raise bad(f".flags is {flags!r}, expected a list of distinct values from {list(PLAN_FLAGS)}")
+    shapes = plan.get("shapes")
+    if not isinstance(shapes, Mapping) or not shapes:
+        raise bad(f".shapes is {shapes!r}, expected a table of input name -> {{min, opt, max}}")
+    for name, spec in shapes.items():
+        if not isinstance(spec, Mapping) or set(spec) != set(SHAPE_KEYS):
+            raise bad(f".shapes.{name} is {spec!r}, expected exactly min, opt and max")
+        dims = [spec[k] for k in SHAPE_KEYS]
+        if (any(not isinstance(d, list) or not d or not all(_positive_int(x) for x in d) for d in dims)
+                or len({len(d) for d in dims}) != 1):
+            raise bad(f".shapes.{name} is {dict(spec)!r}, expected three lists of positive integers of one length")
+        if not all(lo <= opt <= hi for lo, opt, hi in zip(*dims)):
+            raise bad(f".shapes.{name} is {dict(spec)!r}: every dimension needs min <= opt <= max")
+    if "workspace_mb" in plan and not _positive_int(plan["workspace_mb"]):
+        raise bad(f".workspace_mb is {plan['workspace_mb']!r}, expected a positive integer (MiB)")
+    if "trtexec" in plan and not isinstance(plan["trtexec"], str):
+        raise bad(f".trtexec is {plan['trtexec']!r}, expected the command line as a string")
+    if input_names is not None and set(shapes) != set(input_names):
+        raise bad(f".shapes names {sorted(shapes)} are not the graph's inputs {sorted(map(str, input_names))}")
+    return json.loads(json.dumps(plan))  # a plain, private copy
+
+
+def workspace_mb(memory_budget_mb: int) -> int:
+    """TensorRT's workspace pool for a profile: a quarter of its memory budget, at least 256 MiB.
+
+    The workspace is scratch memory for layer implementations (tactics); on a Jetson it comes out
+    of the same DRAM the CPU and the application use, so it is bounded by the profile's budget.
+    """
+    return max(MIN_WORKSPACE_MB, int(memory_budget_mb) // 4)
+
+
+def _dims(dims: Sequence[int]) -> str:
+    return "x".join(str(int(d)) for d in dims)
+
+
+def profile_shapes(plan: Mapping[str, Any], which: str) -> str:
+    """One of the plan's shape sets as ``name:1x1,name2:1x1``: the format of ONNX Runtime's
+    ``trt_profile_{min,opt,max}_shapes`` and of trtexec's ``--{min,opt,max}Shapes``."""
+    if which not in SHAPE_KEYS:
+        raise ValueError(f"which={which!r}: expected one of {SHAPE_KEYS}")
+    return ",".join(f"{name}:{_dims(spec[which])}" for name, spec in plan["shapes"].items())
+
+
+def _trtexec_shapes(plan: Mapping[str, Any], which: str) -> str:
+    # trtexec splits the spec on ',' and ':'; a name holding either is wrapped in single quotes
+    # (trtexec --help: "Input names can be wrapped with escaped single quotes (ex: 'Input:0')").
+    def quote(name: str) -> str:
+        return f"'{name}'" if any(c in name for c in ",:") else name
+
+    return ",".join(f"{quote(name)}:{_dims(spec[which])}" for name, spec in plan["shapes"].items())
+
+
+def trtexec_command(plan: Mapping[str, Any], *, onnx: str = "model.onnx", engine: str = ENGINE_FILE,
+                    workspace: int | None = None) -> list[str]:
+    """The TensorRT 10 ``trtexec`` argv that builds the engine the plan describes.
+
+    ``--memPoolSize=workspace:NM`` (M: MiB; TensorRT 10 removed ``--workspace``), the three shape
+    sets as one explicit optimization profile, ``--fp16`` / ``--int8`` as the plan's flags say, and
+    ``--skipInference`` (build and save only). ``workspace`` defaults to the plan's ``workspace_mb``.
+    """
+    argv = ["trtexec", f"--onnx={onnx}", f"--saveEngine={engine}"]
+    argv += [f"--{which}Shapes={_trtexec_shapes(plan, which)}" for which in SHAPE_KEYS]
+    argv += [f"--{flag}" for flag in ("fp16", "int8") if flag in plan["flags"]]
+    ws = workspace if workspace is not None else plan.get("workspace_mb")
+    if ws:
+        argv.append(f"--memPoolSize=workspace:{int(ws)}M")
+    argv.append("--skipInference")
+    return argv
+
+
+def trtexec_line(plan: Mapping[str, Any], **kwargs: Any) -> str:
+    """``trtexec_command`` as one shell-quoted line."""
+    return shlex.join(trtexec_command(plan, **kwargs))
+
+
+# ---------------------------------------------------------------- ONNX Runtime's TensorRT provider (pure)
+
+def ort_engine_dir(root: str | Path, ort_version: str, plan: Mapping[str, Any] | None, model_sha256: str) -> Path:
+    """Where onnxruntime keeps this bundle's engines: one directory per onnxruntime version, model
+    and plan. onnxruntime names cached engines by a hash of the graph's structure, not of its
+    weights, and does not notice a TensorRT upgrade; a directory per model file and onnxruntime
+    version (which pins its TensorRT) keeps a recompiled bundle off a stale engine."""
+    digest = hashlib.sha256(canonical_json({"model_sha256": model_sha256, "plan": plan})).hexdigest()
+    return Path(root) / f"ort-{ort_version}" / digest[:24]
+
+
+def ort_tensorrt_options(plan: Mapping[str, Any] | None, engine_dir: str | Path | None, *,
+                         timing_dir: str | Path | None = None, workspace_bytes: int | None = None) -> dict[str, Any]:
+    """TensorrtExecutionProvider options for a bundle's plan (names: onnxruntime's TensorRT EP docs).
+
+    ``engine_dir`` None: no engine or timing cache (e.g. the cache directory is not writable).
+    ``timing_dir`` (default ``engine_dir``): the timing cache, which may be shared between models.
+    Without a plan (an older bundle): caches and workspace only, as before.
+    """
+    options: dict[str, Any] = {}
+    if engine_dir is not None:
+        options.update({"trt_engine_cache_enable": True, "trt_engine_cache_path": str(engine_dir),
+                        "trt_timing_cache_enable": True,
+                        "trt_timing_cache_path": str(timing_dir if timing_dir is not None else engine_dir)})
+    if workspace_bytes:
+        options["trt_max_workspace_size"] = int(workspace_bytes)
+    if plan is not None:
+        fp16 = "fp16" in plan["flags"]
+        options.update({
+            "trt_fp16_enable": fp16,
+            "trt_int8_enable": "int8" in plan["flags"],  # a QDQ graph: explicit quantization, no calibration table
+            # LayerNorm's Pow + ReduceMean overflow in fp16; onnxruntime reads this only with fp16 on.
+            "trt_layer_norm_fp32_fallback": fp16,
+            # All three or none: onnxruntime uses explicit profiles only when min, opt and max are given.
+            "trt_profile_min_shapes": profile_shapes(plan, "min"),
+            "trt_profile_opt_shapes": profile_shapes(plan, "opt"),
+            "trt_profile_max_shapes": profile_shapes(plan, "max"),
+        })
+    return options
+
+
+# ---------------------------------------------------------------- the engine cache (pure Python; adapter-driven)
+
+def engine_cache_key(*, gpu: str, compute_capability: str, tensorrt: str, model_sha256: str,
+                     plan: Mapping[str, Any], workspace_mb: int) -> tuple[str, dict[str, Any]]:
+    """(key, build record): the key is the sha256 of the canonical JSON of the record, which holds
+    everything an engine depends on: GPU name, compute capability, TensorRT version, the model
+    file's sha256, the plan and the workspace it was built with."""
+    record = {"cache_format": CACHE_FORMAT, "gpu": gpu, "compute_capability": compute_capability,
+              "tensorrt": tensorrt, "model_sha256": model_sha256, "plan": plan, "workspace_mb": int(workspace_mb)}
+    record = json.loads(canonical_json(record))  # the form it has once read back from disk
+    return hashlib.sha256(canonical_json(record)).hexdigest(), record
+
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    """Write to a sibling temporary file, fsync, then rename: a reader sees the old file or the new one."""
+    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}-{time.time_ns()}")
+    try:
+        with open(tmp, "wb") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
+@contextlib.contextmanager
+def _locked(path: Path) -> Iterator[None]:
+    """An exclusive advisory lock, so two processes starting together build an engine once."""
+    try:
+        import fcntl
+        fh = open(path, "a+b")
+    except (ImportError, OSError):  # no fcntl (Windows) or no write access: go on unlocked
+        yield
+        return
+    with fh:
+        fcntl.flock(fh.fileno(), fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(fh.fileno(), fcntl.LOCK_UN)
+
+
+class EngineCache:
+    """Serialized engines under ``directory``: ``<key>.engine`` with ``<key>.json`` beside it.
+
+    ``<key>.json`` holds the key, the build record (``engine_cache_key``) and the engine file's
+    sha256 and size; it is written after the engine, so it is the commit mark. An engine is reused
+    only when its metadata matches the expected record exactly and the engine file matches its
+    recorded sha256 and size, and TensorRT loads it; anything else (no metadata, other record,
+    truncated or corrupt file, TensorRT refusing it) rebuilds and replaces it. Files are written
+    atomically. ``directory`` None, or one that cannot be created: build every time, cache nothing.
+    """
+
+    def __init__(self, directory: str | Path | None):
+        self.directory = Path(directory) if directory is not None else None
+
+    def _usable_dir(self) -> Path | None:
+        if self.directory is None:
+            return None
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            log.warning("TensorRT engine cache disabled: cannot create %s (%s); every start rebuilds the engine. "
+                        "Fix: set EDGEKIT_CACHE_DIR to a writable directory.", self.directory, exc)
+            return None
+        return self.directory
+
+    def get(self, adapter: Any, onnx_path: Path, plan: Mapping[str, Any], model_sha256: str,
+            workspace: int) -> tuple[Any, str]:
+        """(loaded engine runner, what happened: 'reused ...' or 'built ...')."""
+        gpu, cc = adapter.device()
+        key, record = engine_cache_key(gpu=gpu, compute_capability=cc, tensorrt=str(adapter.version),
+                                       model_sha256=model_sha256, plan=plan, workspace_mb=workspace)
+        directory = self._usable_dir()
+        if directory is None:
+            runner, _ = self._build(adapter, onnx_path, plan, workspace, None, "no engine cache")
+            return runner, "built (engine cache disabled)"
+        engine_path, meta_path = directory / f"{key}.engine", directory / f"{key}.json"
+        with _locked(directory / f"{key}.lock"):
+            runner, why = self._load(adapter, key, record, engine_path, meta_path)
+            if runner is not None:
+                log.info("TensorRT engine %s reused from the cache", engine_path.name)
+                return runner, f"reused {engine_path}"
+            timing_path = directory / f"timing-{hashlib.sha256(canonical_json([gpu, cc, str(adapter.version)])).hexdigest()[:16]}.cache"
+            runner, blob = self._build(adapter, onnx_path, plan, workspace, timing_path, why)
+            try:
+                _atomic_write(engine_path, blob)
+                meta = {"key": key, "build": record, "engine_sha256": hashlib.sha256(blob).hexdigest(),
+                        "engine_bytes": len(blob),
+                        "created_utc": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()}
+                _atomic_write(meta_path, canonical_json(meta))
+            except OSError as exc:
+                log.warning("TensorRT engine built but not cached: cannot write %s (%s); the next start rebuilds it. "
+                            "Fix: free disk space or set EDGEKIT_CACHE_DIR to a writable directory.", engine_path, exc)
+                return runner, f"built ({why}); not cached: {exc}"
+            return runner, f"built ({why}) and cached as {engine_path}"
+
+    @staticmethod
+    def _load(adapter: Any, key: str, record: dict[str, Any], engine_path: Path,
+              meta_path: Path) -> tuple[Any, str]:
+        """(runner, '') for a valid cached engine, else (None, why it cannot be used)."""
+        if not meta_path.exists():
+            return None, ("an engine file without metadata (an interrupted write)" if engine_path.exists()
+                          else "no cached engine")
+        try:
+            meta = json.loads(meta_path.read_bytes().decode("utf-8"))
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+            return None, f"cache metadata unreadable ({type(exc).__name__})"
+        if not isinstance(meta, dict) or meta.get("key") != key or meta.get("build") != record:
+            stored = meta.get("build") if isinstance(meta, dict) else None
+            differs = (sorted(k for k in record if not isinstance(stored, dict) or stored.get(k) != record[k])
+                       or ["key"])
+            return None, f"cache metadata does not match (differs in {', '.join(differs)})"
+        try:
+            blob = engine_path.read_bytes()
+        except OSError as exc:
+            return None, f"engine file unreadable ({type(exc).__name__})"
+        if len(blob) != meta.get("engine_bytes") or hashlib.sha256(blob).hexdigest() != meta.get("engine_sha256"):
+            return None, "engine file corrupt (size or sha256 differs from its metadata)"
+        try:
+            runner = adapter.load(blob)
+        except Exception as exc:  # TensorRT refuses engines of other versions/devices in its own ways
+            return None, f"TensorRT could not load the cached engine ({type(exc).__name__}: {exc})"
+        if runner is None:
+            return None, "TensorRT could not load the cached engine"
+        return runner, ""
+
+    @staticmethod
+    def _build(adapter: Any, onnx_path: Path, plan: Mapping[str, Any], workspace: int,
+               timing_path: Path | None, why: str) -> tuple[Any, bytes]:
+        log.warning("building the TensorRT engine for %s (%s); this takes minutes on a Jetson and happens once "
+                    "per device, TensorRT version and bundle", onnx_path.name, why)
+        timing = None
+        if timing_path is not None and timing_path.is_file():
+            with contextlib.suppress(OSError):
+                timing = timing_path.read_bytes()
+        start = time.perf_counter()
+        blob, new_timing = adapter.build(onnx_path, plan, int(workspace) << 20, timing)
+        log.info("TensorRT engine built in %.1f s (%d bytes)", time.perf_counter() - start, len(blob))
+        if timing_path is not None and new_timing:
+            try:
+                _atomic_write(timing_path, bytes(new_timing))
+            except OSError as exc:
+                log.warning("TensorRT timing cache not saved to %s (%s)", timing_path, exc)
+        runner = adapter.load(blob)
+        if runner is None:
+            raise BackendError(f"TensorRT built an engine for {onnx_path.name} that it cannot load")
+        return runner, blob
+
+
+# ---------------------------------------------------------------- the native backend
+
+class TensorRTBackend(Backend):
+    """The bundle's graph as a TensorRT engine built on this device from the plan, cached."""
+
+    name = "tensorrt"
+
+    def __init__(self, model_path: str | Path, plan: Mapping[str, Any] | None, *, model_sha256: str | None = None,
+                 memory_budget_mb: int | None = None, adapter: Any = None,
+                 cache_dir: str | Path | None = None):
+        model_path = Path(model_path)
+        if adapter is None:
+            adapter = TensorRTAdapter.create()  # _Skip when tensorrt or a CUDA memory API is missing
+        if plan is None:
+            raise _Skip("the bundle has no engine_plan (compiled for a profile without TensorRT, or by an older "
+                        "edgekit); recompile it for this TensorRT profile")
+        plan = check_engine_plan(plan)
+        workspace = plan.get("workspace_mb") or workspace_mb(memory_budget_mb or 4 * MIN_WORKSPACE_MB)
+        model_sha256 = model_sha256 or sha256_file(model_path)
+        self.adapter = adapter
+        self.plan = plan
+        self.notes = self._device_notes(adapter, plan)
+        for note in self.notes:
+            log.warning("%s", note)
+        cache = EngineCache(cache_dir if cache_dir is not None else _trt_cache_dir())
+        self.runner, self.cache_status = cache.get(adapter, model_path, plan, model_sha256, workspace)
+        self.inputs = tuple(self.runner.inputs)
+        self.outputs = tuple(self.runner.outputs)
+        self._max = {name: spec["max"] for name, spec in plan["shapes"].items()}
+        self._max_batch = min(dims[0] for dims in self._max.values())
+
+    @staticmethod
+    def _device_notes(adapter: Any, plan: Mapping[str, Any]) -> list[str]:
+        """Warnings when this device is not the one the profile describes (the engine is built here,
+        so it runs; the compile's figures were for the profile's device)."""
+        notes = []
+        gpu, cc = adapter.device()
+        want_trt, version = plan.get("tensorrt"), str(adapter.version)
+        if want_trt and version.split(".")[:2] != str(want_trt).split(".")[:2]:
+            notes.append(f"TensorRT {version} here, the bundle's profile names TensorRT {want_trt}")
+        if plan.get("compute_capability") and str(plan["compute_capability"]) != str(cc):
+            notes.append(f"GPU {gpu} has compute capability {cc}, the bundle's profile names "
+                         f"{plan['compute_capability']}")
+        return notes
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        shapes = {k: tuple(np.shape(v)) for k, v in feeds.items()}
+        for name, shape in shapes.items():
+            top = self._max.get(name)
+            if top is not None and len(shape) == len(top) and any(s > t for s, t in zip(shape[1:], top[1:])):
+                raise BackendError(f"inference failed on backend tensorrt: input {name!r} has shape {shape}, beyond "
+                                   f"the engine's maximum {tuple(top)} (the plan's max shapes). Fix: recompile the "
+                                   f"bundle with a larger max_length, or use --backend ort-cpu.")
+        batch = max((shape[0] for shape in shapes.values() if shape), default=0)
+        if batch > self._max_batch:  # the engine's profile stops at max batch: run in slices
+            parts = [self._run({k: v[i:i + self._max_batch] for k, v in feeds.items()})
+                     for i in range(0, batch, self._max_batch)]
+            return {name: np.concatenate([p[name] for p in parts], axis=0) for name in parts[0]}
+        return self._run(feeds)
+
+    def _run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        try:
+            return self.runner.run(feeds)
+        except BackendError:
+            raise
+        except Exception as exc:
+            shapes = {k: tuple(np.shape(v)) for k, v in feeds.items()}
+            raise BackendError(f"inference failed on backend tensorrt with input shapes {shapes}: "
+                               f"{type(exc).__name__}: {exc}. Fix: if memory ran out, lower --batch-size; otherwise "
+                               f"try --backend ort-tensorrt or ort-cpu.") from None
+
+    def __repr__(self) -> str:
+        return f"TensorRTBackend(tensorrt {self.adapter.version}, {self.cache_status})"
+
+
+# ---------------------------------------------------------------- the adapter: every tensorrt and CUDA call
+# Not run on a GPU in this repository's tests (they use a fake adapter with the same members:
+# version, device(), build(), load()). Written against the TensorRT 10 Python API (tensor names,
+# set_input_shape, set_tensor_address, execute_async_v3), which TensorRT 8.5+ also has.
+
+class _CudaPython:
+    """Device memory through cuda-python (``cuda.bindings.runtime``, or ``cuda.cudart`` before 12.6)."""
+
+    source = "cuda-python"
+
+    def __init__(self, rt: Any):
+        self.rt = rt
+
+    def _call(self, what: str, result: Any) -> Any:
+        err, rest = (result[0], result[1:]) if isinstance(result, tuple) else (result, ())
+        if err != self.rt.cudaError_t.cudaSuccess:
+            raise BackendError(f"CUDA {what} failed: {err}")
+        return rest[0] if len(rest) == 1 else rest
+
+    def device(self) -> tuple[str, str]:
+        if self._call("cudaGetDeviceCount", self.rt.cudaGetDeviceCount()) < 1:
+            raise _Skip("CUDA sees no GPU here")
+        prop = self._call("cudaGetDeviceProperties", self.rt.cudaGetDeviceProperties(0))
+        name = prop.name.decode("utf-8", "replace") if isinstance(prop.name, bytes) else str(prop.name)
+        return name.rstrip("\x00").strip(), f"{prop.major}.{prop.minor}"
+
+    def malloc(self, nbytes: int) -> int:
+        return int(self._call("cudaMalloc", self.rt.cudaMalloc(nbytes)))
+
+    def free(self, ptr: int) -> None:
+        self._call("cudaFree", self.rt.cudaFree(ptr))
+
+    def to_device(self, ptr: int, array: np.ndarray) -> None:
+        kind = self.rt.cudaMemcpyKind.cudaMemcpyHostToDevice
+        self._call("cudaMemcpy", self.rt.cudaMemcpy(ptr, array.ctypes.data, array.nbytes, kind))
+
+    def to_host(self, array: np.ndarray, ptr: int) -> None:
+        kind = self.rt.cudaMemcpyKind.cudaMemcpyDeviceToHost
+        self._call("cudaMemcpy", self.rt.cudaMemcpy(array.ctypes.data, ptr, array.nbytes, kind))
+
+    def stream(self) -> int:
+        return int(self._call("cudaStreamCreate", self.rt.cudaStreamCreate()))
+
+    def synchronize(self, stream: int) -> None:
+        self._call("cudaStreamSynchronize", self.rt.cudaStreamSynchronize(stream))
+
+
+class _CudaCtypes:
+    """Device memory through libcudart with ctypes (the CUDA runtime TensorRT itself needs)."""
+
+    source = "libcudart (ctypes)"
+    NAMES = ("libcudart.so", "libcudart.so.12", "libcudart.so.11.0")
+    H2D, D2H = 1, 2  # cudaMemcpyKind
+    CC_MAJOR, CC_MINOR = 75, 76  # cudaDeviceAttr: cudaDevAttrComputeCapabilityMajor / Minor
+
+    def __init__(self, lib: Any):
+        self.lib = lib
+        vp, sz, ci = ctypes.c_void_p, ctypes.c_size_t, ctypes.c_int
+        sigs = {"cudaMalloc": [ctypes.POINTER(vp), sz], "cudaFree": [vp], "cudaMemcpy": [vp, vp, sz, ci],
+                "cudaStreamCreate": [ctypes.POINTER(vp)], "cudaStreamSynchronize": [vp],
+                "cudaGetDeviceCount": [ctypes.POINTER(ci)], "cudaDeviceGetAttribute": [ctypes.POINTER(ci), ci, ci]}
+        for fn, args in sigs.items():
+            getattr(lib, fn).argtypes, getattr(lib, fn).restype = args, ci
+        lib.cudaGetErrorString.argtypes, lib.cudaGetErrorString.restype = [ci], ctypes.c_char_p
+
+    @classmethod
+    def open(cls) -> "_CudaCtypes | None":
+        for name in cls.NAMES:
+            try:
+                return cls(ctypes.CDLL(name))
+            except (OSError, AttributeError):
+                continue
+        return None
+
+    def _check(self, what: str, code: int) -> None:
+        if code != 0:
+            text = self.lib.cudaGetErrorString(code)
+            raise BackendError(f"CUDA {what} failed: error {code} ({text.decode() if text else '?'})")
+
+    def device(self) -> tuple[str, str]:
+        count = ctypes.c_int(0)
+        self._check("cudaGetDeviceCount", self.lib.cudaGetDeviceCount(ctypes.byref(count)))
+        if count.value < 1:
+            raise _Skip("CUDA sees no GPU here")
+        major, minor = ctypes.c_int(0), ctypes.c_int(0)
+        self._check("cudaDeviceGetAttribute", self.lib.cudaDeviceGetAttribute(ctypes.byref(major), self.CC_MAJOR, 0))
+        self._check("cudaDeviceGetAttribute", self.lib.cudaDeviceGetAttribute(ctypes.byref(minor), self.CC_MINOR, 0))
+        # cudaDeviceProp starts with `char name[256]` in every CUDA version; the buffer is far larger
+        # than the struct, whose size changes between versions.
+        props = ctypes.create_string_buffer(1 << 16)
+        get = getattr(self.lib, "cudaGetDeviceProperties_v2", None) or self.lib.cudaGetDeviceProperties
+        get.argtypes, get.restype = [ctypes.c_void_p, ctypes.c_int], ctypes.c_int
+        self._check("cudaGetDeviceProperties", get(props, 0))
+        return props.raw[:256].split(b"\x00", 1)[0].decode("utf-8", "replace").strip(), f"{major.value}.{minor.value}"
+
+    def malloc(self, nbytes: int) -> int:
+        ptr = ctypes.c_void_p()
+        self._check("cudaMalloc", self.lib.cudaMalloc(ctypes.byref(ptr), nbytes))
+        return int(ptr.value or 0)
+
+    def free(self, ptr: int) -> None:
+        self._check("cudaFree", self.lib.cudaFree(ptr))
+
+    def to_device(self, ptr: int, array: np.ndarray) -> None:
+        self._check("cudaMemcpy", self.lib.cudaMemcpy(ptr, array.ctypes.data, array.nbytes, self.H2D))
+
+    def to_host(self, array: np.ndarray, ptr: int) -> None:
+        self._check("cudaMemcpy", self.lib.cudaMemcpy(array.ctypes.data, ptr, array.nbytes, self.D2H))
+
+    def stream(self) -> int:
+        handle = ctypes.c_void_p()
+        self._check("cudaStreamCreate", self.lib.cudaStreamCreate(ctypes.byref(handle)))
+        return int(handle.value or 0)
+
+    def synchronize(self, stream: int) -> None:
+        self._check("cudaStreamSynchronize", self.lib.cudaStreamSynchronize(stream))
+
+
+def _cuda_memory() -> Any:
+    """cuda-python if importable, else libcudart through ctypes; _Skip naming both when neither is."""
+    for module in ("cuda.bindings.runtime", "cuda.cudart"):
+        try:
+            import importlib
+            return _CudaPython(importlib.import_module(module))
+        except Exception:
+            continue
+    lib = _CudaCtypes.open()
+    if lib is not None:
+        return lib
+    raise _Skip("tensorrt is importable but no CUDA memory API is: neither cuda-python (`pip install cuda-python`) "
+                f"nor the CUDA runtime library ({', '.join(_CudaCtypes.NAMES)}) on the library path "
+                "(on a Jetson: add /usr/local/cuda/lib64 to LD_LIBRARY_PATH); using the next backend")
+
+
+class _EngineRunner:
+    """One deserialized engine with an execution context, a stream and device buffers that grow."""
+
+    def __init__(self, trt: Any, cuda: Any, runtime: Any, engine: Any):
+        self.trt, self.cuda, self._runtime, self.engine = trt, cuda, runtime, engine  # runtime outlives engine
+        self.context = engine.create_execution_context()
+        if self.context is None:
+            raise BackendError("TensorRT could not create an execution context (GPU memory exhausted?)")
+        inputs, outputs = [], []
+        for i in range(engine.num_io_tensors):
+            name = engine.get_tensor_name(i)
+            spec = TensorSpec(name, np.dtype(trt.nptype(engine.get_tensor_dtype(name))).name,
+                              tuple(int(d) if int(d) >= 0 else None for d in engine.get_tensor_shape(name)))
+            (inputs if engine.get_tensor_mode(name) == trt.TensorIOMode.INPUT else outputs).append(spec)
+        self.inputs, self.outputs = tuple(inputs), tuple(outputs)
+        self._stream = cuda.stream()
+        self._buffers: dict[str, tuple[int, int]] = {}  # name -> (device pointer, bytes)
+        self._lock = threading.Lock()
+
+    def _buffer(self, name: str, nbytes: int) -> int:
+        ptr, size = self._buffers.get(name, (0, 0))
+        if size < nbytes:
+            if ptr:
+                self.cuda.free(ptr)
+            ptr, size = self.cuda.malloc(nbytes), nbytes
+            self._buffers[name] = (ptr, size)
+        return ptr
+
+    def run(self, feeds: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        with self._lock:
+            for spec in self.inputs:
+                array = np.ascontiguousarray(feeds[spec.name], dtype=spec.dtype)
+                if not self.context.set_input_shape(spec.name, array.shape):
+                    raise BackendError(f"input {spec.name!r} shape {array.shape} is outside the engine's "
+                                       f"optimization profile")
+                ptr = self._buffer(spec.name, max(array.nbytes, 1))
+                self.cuda.to_device(ptr, array)
+                self.context.set_tensor_address(spec.name, ptr)
+            results = {}
+            for spec in self.outputs:
+                out = np.empty(tuple(self.context.get_tensor_shape(spec.name)), dtype=spec.dtype)
+                self.context.set_tensor_address(spec.name, self._buffer(spec.name, max(out.nbytes, 1)))
+                results[spec.name] = out
+            if not self.context.execute_async_v3(self._stream):
+                raise BackendError("TensorRT execute_async_v3 reported failure")
+            self.cuda.synchronize(self._stream)
+            for name, out in results.items():
+                self.cuda.to_host(out, self._buffers[name][0])
+        return results
+
+    def __del__(self):
+        with contextlib.suppress(Exception):
+            for ptr, _ in self._buffers.values():
+                self.cuda.free(ptr)
+
+
+class TensorRTAdapter:
+    """Every call into ``tensorrt`` and CUDA. Members the rest of this module uses: ``version``,
+    ``device() -> (gpu name, "major.minor")``, ``build(onnx_path, plan, workspace_bytes,
+    timing_cache) -> (engine bytes, timing cache bytes or None)`` and ``load(engine bytes) -> runner``
+    (``inputs``, ``outputs``, ``run(feeds)``)."""
+
+    def __init__(self, trt: Any, cuda: Any):
+        self.trt, self.cuda = trt, cuda
+        self.logger = trt.Logger(trt.Logger.WARNING)
+        self.version = str(trt.__version__)
+        self._device: tuple[str, str] | None = None
+
+    @classmethod
+    def create(cls) -> "TensorRTAdapter":
+        try:
+            import tensorrt as trt  # only present on TensorRT machines
+        except Exception as exc:
+            raise _Skip(f"the 'tensorrt' Python package is not importable here ({type(exc).__name__}: {exc}); "
+                        f"using the next backend") from None
+        return cls(trt, _cuda_memory())
+
+    def device(self) -> tuple[str, str]:
+        if self._device is None:
+            self._device = self.cuda.device()
+        return self._device
+
+    def build(self, onnx_path: Path, plan: Mapping[str, Any], workspace_bytes: int,
+              timing_cache: bytes | None) -> tuple[bytes, bytes | None]:
+        trt = self.trt
+        builder = trt.Builder(self.logger)
+        major = int(self.version.split(".")[0])
+        # TensorRT 10 networks are always explicit-batch (the flag is deprecated); 8.x needs it.
+        flags = 0 if major >= 10 else 1 << int(trt.NetworkDefinitionCreationFlag.EXPLICIT_BATCH)
+        network = builder.create_network(flags)
+        parser = trt.OnnxParser(network, self.logger)
+        if not parser.parse_from_file(str(onnx_path)):
+            errors = [str(parser.get_error(i)) for i in range(parser.num_errors)]
+            raise BackendError(f"TensorRT's ONNX parser rejected {onnx_path.name}: {'; '.join(errors[:5]) or '?'}")
+        config = builder.create_builder_config()
+        config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_bytes))
+        if "fp16" in plan["flags"]:
+            config.set_flag(trt.BuilderFlag.FP16)
+            self._layer_norm_fp32(network, config)
+        if "int8" in plan["flags"]:
+            config.set_flag(trt.BuilderFlag.INT8)  # QDQ graph: explicit quantization, no calibrator
+        profile = builder.create_optimization_profile()
+        for name, spec in plan["shapes"].items():
+            profile.set_shape(name, spec["min"], spec["opt"], spec["max"])
+        config.add_optimization_profile(profile)
+        cache = None
+        with contextlib.suppress(Exception):  # a corrupt timing cache only costs build time
+            cache = config.create_timing_cache(timing_cache or b"")
+        if cache is None:
+            with contextlib.suppress(Exception):
+                cache = config.create_timing_cache(b"")
+        if cache is not None:
+            config.set_timing_cache(cache, False)
+        serialized = builder.build_serialized_network(network, config)
+        if serialized is None:
+            raise BackendError(f"TensorRT could not build an engine for {onnx_path.name} (run with --verbose for "
+                               f"TensorRT's log)")
+        new_cache = None
+        if cache is not None:
+            with contextlib.suppress(Exception):
+                new_cache = bytes(memoryview(cache.serialize()))
+        return bytes(memoryview(serialized)), new_cache
+
+    def _layer_norm_fp32(self, network: Any, config: Any) -> None:
+        """What onnxruntime's trt_layer_norm_fp32_fallback does: a Pow followed by a Reduce (the
+        variance in an opset-13 LayerNorm) computes and outputs fp32 in an fp16 engine."""
+        trt = self.trt
+        layers = [network.get_layer(i) for i in range(network.num_layers)]
+        forced = 0
+        for layer, nxt in zip(layers, layers[1:]):
+            if layer.type == trt.LayerType.ELEMENTWISE and nxt.type == trt.LayerType.REDUCE:
+                layer.__class__ = trt.IElementWiseLayer  # the Python API's way to reach .op
+                if layer.op == trt.ElementWiseOperation.POW:
+                    for item in (layer, nxt):
+                        item.precision = trt.float32
+                        item.set_output_type(0, trt.float32)
+                    forced += 1
+        if forced:
+            config.set_flag(trt.BuilderFlag.PREFER_PRECISION_CONSTRAINTS)
+            log.info("TensorRT: %d LayerNorm Pow + Reduce pairs kept in fp32", forced)
+
+    def load(self, blob: bytes) -> _EngineRunner:
+        runtime = self.trt.Runtime(self.logger)
+        engine = runtime.deserialize_cuda_engine(blob)
+        if engine is None:
+            raise BackendError("TensorRT could not deserialize the engine (built by another TensorRT version or "
+                               "for another GPU, or corrupt)")
+        return _EngineRunner(self.trt, self.cuda, runtime, engine)
