@@ -84,6 +84,10 @@ def pass_qat(state: "CompileState") -> "PassResult":
     cfg = state.recipe.quantize
     state.fp32_model = state.model
     model = prepare_qat(copy.deepcopy(state.model), cfg.qat)
+    if not cfg.qat.dropout:
+        for module in model.modules():
+            if isinstance(module, torch.nn.Dropout):
+                module.p = 0.0
     if cfg.embeddings:
         frozen = quantize_embedding_weights(model)
     amax = calibrate(model, _batches(state, cfg.qat.calibration_batches))

@@ -75,6 +75,9 @@ class QATConfig:
     # fp32 model on them (what the quantized gate measures, on other texts), and QAT's weights are
     # kept only if they agree better than the calibrated model did before training.
     selection_texts: int = 1000
+    # QAT fine-tunes the int8 model toward its own fp32 self (eval mode, no dropout): dropout noise in
+    # the int8 model's forward makes it learn something else than reproducing that reference.
+    dropout: bool = False
 
     def __post_init__(self):
         for key in ("include", "exclude"):
