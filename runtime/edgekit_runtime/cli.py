@@ -297,6 +297,18 @@ def cmd_serve(args: argparse.Namespace) -> int:
         return serve(model, config, announce=lambda line: print(f"{PROG} serve: {line}", file=sys.stderr, flush=True))
 
 
+# ---------------------------------------------------------------- bench
+
+def cmd_bench(args: argparse.Namespace) -> int:
+    from .bench.command import run
+    from .bench.suite import SuiteError
+
+    try:
+        return run(args, _UsageError)
+    except SuiteError as exc:  # a malformed suite or result file: the user's input, like a bad argument
+        raise _UsageError(str(exc).rstrip(".")) from None
+
+
 # ---------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
@@ -397,6 +409,24 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--backend", choices=BACKENDS, default=None,
                    help="force one of the profile's backends (default: the first that works here)")
     p.set_defaults(func=cmd_serve)
+
+    from .bench.command import add_arguments as add_bench_arguments
+
+    p = sub.add_parser("bench", formatter_class=fmt, parents=[verbose],
+                       help="run a benchmark suite (latency, throughput, memory, accuracy, stress, mix); A/B compare",
+                       description="Run the suite FILE (TOML: benchmarks/suites/*.toml) on the bundle: latency, "
+                                   "throughput, memory, accuracy, stress against `serve`, custom mix. Prints a "
+                                   "Markdown report (progress on stderr, never input text); --json writes every "
+                                   "figure with the environment (schema edgekit-bench, version 1). --compare A B "
+                                   "sets two results, or two bundles run interleaved, side by side: ratio B/A, "
+                                   "which is better, and whether the difference is beyond the noise of the "
+                                   "repeats. Exit 0, 1 if a run failed (the others still run), 2 for a bad suite.",
+                       epilog=f"examples:\n  {PROG} bench bundles/jetson-orin --suite benchmarks/suites/standard.toml "
+                              f"--json orin.json\n  {PROG} bench --compare before.json after.json\n"
+                              f"  {PROG} bench --compare bundles/fp32 bundles/int8 --suite "
+                              f"benchmarks/suites/latency.toml --repeats 5")
+    add_bench_arguments(p, _positive_int, BACKENDS)
+    p.set_defaults(func=cmd_bench)
     return parser
 
 
