@@ -30,21 +30,11 @@ from pathlib import Path
 import numpy as np
 
 from edgekit_runtime import load
+from edgekit_runtime.bench.data import BUILTIN_TEXTS
 
 TOLERANCE = 1e-5
 # Fixed, synthetic review-like texts of mixed length (no corpus needed; nothing personal).
-TEXTS = [
-    "great screen", "it broke in a week", "the battery lasts all day and the camera is sharp",
-    "ok for the price", "terrible support, they never answered my emails", "would buy again",
-    "the sound is thin and the bass is missing entirely, which is a shame for a speaker this size",
-    "arrived late", "love it", "not what the photos showed",
-    "setup took five minutes and it has worked every day since, no complaints at all",
-    "meh", "the strap snapped on the second day", "fast shipping, well packed",
-    "it does the job but the app is slow and crashes when I open the settings page", "five stars",
-    "the charger gets very hot", "comfortable, light and quiet", "returned it", "better than expected",
-    "the manual is useless and the buttons are confusing, I had to look up a video to turn it on",
-    "solid build", "stopped charging after a month", "perfect gift for my dad",
-]
+TEXTS = list(BUILTIN_TEXTS)
 
 
 def start_server(bundle: str, threads: int, extra: list[str]) -> tuple[subprocess.Popen, str]:

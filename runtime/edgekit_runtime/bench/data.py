@@ -33,7 +33,7 @@ from typing import Any, Callable, Mapping, Sequence
 
 from .suite import DATA_EXTENSIONS, SuiteError
 
-# Fixed, synthetic review-like texts of mixed length (as benchmarks/serve_load.py): used where a run names no data.
+# Fixed, synthetic review-like texts of mixed length (also benchmarks/serve_load.py's): used where a run names no data.
 BUILTIN_TEXTS = (
     "great screen", "it broke in a week", "the battery lasts all day and the camera is sharp",
     "ok for the price", "terrible support, they never answered my emails", "would buy again",
