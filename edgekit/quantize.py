@@ -150,7 +150,7 @@ def pass_int8(state: "CompileState") -> "PassResult":
     """Make the int8 graph: fold QAT weight quantizers, or quantize the fp32 graph with ORT; int8 embeddings."""
     from .export.onnx_export import check_model_file
     from .pipeline import PassResult
-    from .quant.onnx_int8 import fold_weight_quantize, quantize_embeddings
+    from .quant.onnx_int8 import fold_weight_quantize, quantize_embeddings, unshare_activation_qdq
     from .quant.ptq import PTQConfig, quantize_dynamic_onnx, quantize_static_onnx, standard_ops_only
 
     cfg = state.recipe.quantize
@@ -173,6 +173,8 @@ def pass_int8(state: "CompileState") -> "PassResult":
         model = onnx.load(str(quantize_static_onnx(src, dst, feeds, ptq).path))
     else:
         model = onnx.load(str(quantize_dynamic_onnx(src, dst, PTQConfig(method="dynamic")).path))
+    if figures["format"] == "qdq":  # one Q -> DQ pair per reader: what onnxruntime fuses into int8 MatMuls
+        model, figures["qdq_pairs_unshared"] = unshare_activation_qdq(model)
     if cfg.embeddings:
         model, emb = quantize_embeddings(model, min_rows=EMBEDDING_MIN_ROWS)
         figures["embeddings"] = {"tables": emb.tables, "bytes_before": emb.bytes_before, "bytes_after": emb.bytes_after}

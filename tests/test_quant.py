@@ -387,3 +387,32 @@ def test_runtime_session_runs_qdq_matmuls_on_int8_kernels(tmp_path):
     assert "MatMulIntegerToFloat" in ops[True] and "Gemm" not in ops[True]
     assert "MatMulIntegerToFloat" not in ops[False]  # what the option is for: without it, no int8 GEMM
     np.testing.assert_allclose(outputs[True], outputs[False], rtol=1e-5, atol=1e-4)
+
+
+def test_shared_activation_qdq_is_unshared_so_every_matmul_gets_int8(tmp_path):
+    """One Q -> DQ read by two Linears (what onnxsim's CSE leaves for Q/K/V): onnxruntime fuses only
+    some of them (here: none); after unshare_activation_qdq both are int8 MatMuls, identical outputs."""
+    from edgekit.quant.onnx_int8 import unshare_activation_qdq
+    from edgekit_runtime.backends import ort_session
+
+    x = _qdq_linear_graph(tmp_path / "one.onnx")
+    model = onnx.load(str(tmp_path / "one.onnx"))
+    graph = model.graph   # a second Linear reading the same DQ output, its output a graph output
+    graph.node.extend([helper.make_node("DequantizeLinear", ["w", "ws", "wz"], ["wd2"], axis=1),
+                       helper.make_node("MatMul", ["xd", "wd2"], ["m2"]), helper.make_node("Add", ["m2", "b"], ["y2"])])
+    graph.output.append(helper.make_tensor_value_info("y2", TensorProto.FLOAT, [1, 8, 96]))
+    onnx.save(model, str(tmp_path / "shared.onnx"))
+    unshared, added = unshare_activation_qdq(model)
+    assert added == 1
+    counts = Counter(n.op_type for n in unshared.graph.node)
+    assert counts["QuantizeLinear"] == 2 and counts["DequantizeLinear"] == 4  # two activation pairs, two weights
+    onnx.save(unshared, str(tmp_path / "unshared.onnx"))
+    results = {}
+    for name in ("shared", "unshared"):
+        optimized = tmp_path / f"opt-{name}.onnx"
+        session = ort_session(tmp_path / f"{name}.onnx", ["CPUExecutionProvider"], threads=1, quantized=True,
+                              optimized_path=optimized)
+        results[name] = (session.run(None, {"x": x}), Counter(n.op_type for n in onnx.load(str(optimized)).graph.node))
+    assert results["shared"][1]["MatMulIntegerToFloat"] < 2 == results["unshared"][1]["MatMulIntegerToFloat"]
+    for a, b in zip(results["shared"][0], results["unshared"][0]):
+        np.testing.assert_array_equal(a, b)

@@ -215,3 +215,58 @@ def quantize_embeddings(model: onnx.ModelProto, min_rows: int = 1000) -> tuple[o
     _checked(out, "quantize_embeddings")
     return out, EmbeddingReport(tuple(tables), gathers, max_err, bound, tuple(skipped), model.ByteSize(),
                                 out.ByteSize())
+
+
+def unshare_activation_qdq(model: onnx.ModelProto) -> tuple[onnx.ModelProto, int]:
+    """Give every reader of a quantized activation its own QuantizeLinear -> DequantizeLinear pair.
+
+    onnxsim's common-subexpression pass merges the identical Q -> DQ pairs in front of Q, K and V
+    (one input, one observed range) into a single pair with three readers. onnxruntime fuses
+    DQ -> MatMul into an int8 MatMul only for a QDQ "node unit" whose DQ has one reader, so those
+    MatMuls ran in fp32 on dequantized values. Per-reader pairs compute the same values
+    (QuantizeLinear and DequantizeLinear are elementwise and deterministic); the runtime keeps
+    onnxruntime's own CSE from merging them again. Returns the model and the number of pairs added.
+    """
+    out = onnx.ModelProto()
+    out.CopyFrom(model)
+    graph = out.graph
+    graph_outputs = {o.name for o in graph.output}
+    readers: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        for name in dict.fromkeys(node.input):  # a node reading a tensor twice is one reader
+            readers.setdefault(name, []).append(node)
+    names = NameScope(graph)
+    before: dict[int, list[onnx.NodeProto]] = {}   # id(reader) -> the copies to insert ahead of it
+    dead: set[int] = set()
+    added = 0
+    for q in graph.node:
+        if q.op_type != "QuantizeLinear" or q.domain not in ("", "ai.onnx") or q.output[0] in graph_outputs:
+            continue
+        dqs = readers.get(q.output[0], [])
+        if not dqs or any(d.op_type != "DequantizeLinear" or d.output[0] in graph_outputs for d in dqs):
+            continue
+        pairs = [(dq, user) for dq in dqs for user in readers.get(dq.output[0], [])]
+        for dq, user in pairs[1:]:
+            tag = user.name or user.op_type
+            q2, dq2 = onnx.NodeProto(), onnx.NodeProto()
+            q2.CopyFrom(q)
+            dq2.CopyFrom(dq)
+            q2.name, dq2.name = names.fresh(f"{q.name or 'QuantizeLinear'}_for_{tag}"), names.fresh(
+                f"{dq.name or 'DequantizeLinear'}_for_{tag}")
+            q2.output[0] = dq2.input[0] = names.fresh(f"{q.output[0]}_for_{tag}")
+            dq2.output[0] = names.fresh(f"{dq.output[0]}_for_{tag}")
+            for i, name in enumerate(user.input):
+                if name == dq.output[0]:
+                    user.input[i] = dq2.output[0]
+            before.setdefault(id(user), []).extend([q2, dq2])
+            added += 1
+        kept = pairs[0][0] if pairs else None
+        dead.update(id(d) for d in dqs if d is not kept)
+    nodes = []
+    for node in graph.node:
+        nodes.extend(before.get(id(node), []))
+        if id(node) not in dead:
+            nodes.append(node)
+    del graph.node[:]
+    graph.node.extend(nodes)
+    return _checked(out, "unshare_activation_qdq"), added
