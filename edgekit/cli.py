@@ -186,5 +186,35 @@ def sign_cmd(bundle, key_path):
                    f"Sign it too: edgekit sign {stale} --key {key_path}", err=True)
 
 
+@main.command("report")
+@click.argument("bundle", type=click.Path())
+@click.option("--bench", "bench_paths", multiple=True, type=click.Path(dir_okay=False),
+              help="A result (or --compare) JSON from `edgekit-run bench --json`: its per-call timings give the "
+                   "latency histogram and CDF. Repeat for several. Default: the manifest's compile-time figures.")
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="HTML file to write. Default: BUNDLE-NAME-report.html in the current directory.")
+def report_cmd(bundle, bench_paths, out):
+    """Write one self-contained HTML page about BUNDLE (CSS and plots inline, no external references).
+
+    \b
+    Summary (task, profile, precision, sizes, quality of teacher / student / bundle against the
+    majority baseline, the quantized gate), loss and validation curves, latency histogram and CDF,
+    quality vs size vs latency, the graph substitutions' measured effects, environment and commands.
+    A figure the bundle did not record is named as missing, never estimated.
+    \b
+    Examples:
+      edgekit report bundles/jetson-orin
+      edgekit-run bench bundles/x86 --suite benchmarks/suites/standard.toml --json x86.json
+      edgekit report bundles/x86 --bench x86.json --out x86-report.html
+    """
+    from pathlib import Path
+
+    from .report import write_report
+
+    out = out or f"{Path(bundle).resolve().name}-report.html"
+    path = write_report(bundle, out, bench_paths, command=" ".join(["edgekit", *sys.argv[1:]]))
+    click.echo(f"wrote {path} ({path.stat().st_size / 1e3:.0f} kB)")
+
+
 if __name__ == "__main__":
     main()

@@ -414,5 +414,5 @@ def test_shared_activation_qdq_is_unshared_so_every_matmul_gets_int8(tmp_path):
                               optimized_path=optimized)
         results[name] = (session.run(None, {"x": x}), Counter(n.op_type for n in onnx.load(str(optimized)).graph.node))
     assert results["shared"][1]["MatMulIntegerToFloat"] < 2 == results["unshared"][1]["MatMulIntegerToFloat"]
-    for a, b in zip(results["shared"][0], results["unshared"][0]):
-        np.testing.assert_array_equal(a, b)
+    for a, b in zip(results["shared"][0], results["unshared"][0]):  # int8 GEMM vs fp32 on the same values
+        np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
