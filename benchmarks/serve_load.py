@@ -42,11 +42,15 @@ def start_server(bundle: str, threads: int, extra: list[str]) -> tuple[subproces
     cmd = [sys.executable, "-m", "edgekit_runtime.cli", "serve", bundle, "--port", "0", "--threads", str(threads),
            *extra]
     proc = subprocess.Popen(cmd, stderr=subprocess.PIPE, text=True)
-    line = proc.stderr.readline()
-    match = re.search(r"http://[\d.]+:\d+", line)
-    if not match:
+    seen = []  # backend fallbacks are logged before the server announces its address
+    for line in proc.stderr:
+        match = re.search(r"http://[\d.]+:\d+", line)
+        if match:
+            break
+        seen.append(line.strip())
+    else:
         proc.kill()
-        raise SystemExit(f"server did not start: {line.strip()} {proc.stderr.read().strip()}")
+        raise SystemExit("server did not start:\n" + "\n".join(seen))
     threading.Thread(target=proc.stderr.read, daemon=True).start()  # keep the pipe drained
     return proc, match.group(0)
 
