@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import copy
 import json
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -34,6 +33,7 @@ from edgekit.profiles import resolve_profile
 from edgekit.recipe import load_recipe
 from edgekit.train.finetune import evaluate, predict
 from edgekit.train.loop import distill_train
+from ort_latency import in_fresh_process  # benchmarks/ort_latency.py, next to this script
 
 
 def ort_latency(paths: dict[str, Path], tokenizer_json: Path, text: str, seq: int, iters: int, threads: int,
@@ -41,10 +41,7 @@ def ort_latency(paths: dict[str, Path], tokenizer_json: Path, text: str, seq: in
     """Interleaved b1 x ``seq`` latency of each graph, timed in a fresh onnxruntime-only process."""
     text_file = tmp / "latency_text.txt"
     text_file.write_text(text, encoding="utf-8")
-    cmd = [sys.executable, str(Path(__file__).with_name("ort_latency.py")), "--tokenizer", str(tokenizer_json),
-           "--text-file", str(text_file), "--seq", str(seq), "--iters", str(iters), "--threads", str(threads),
-           *[f"{name}={path}" for name, path in paths.items()]]
-    return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+    return in_fresh_process(paths, tokenizer_json, text_file, seq, iters, threads)
 
 
 def main(argv=None) -> int:

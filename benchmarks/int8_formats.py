@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import subprocess
 import sys
 import tempfile
 import time
@@ -27,6 +26,7 @@ import onnx
 from tokenizers import Tokenizer
 
 from edgekit.quant.ptq import PTQConfig, quantize_dynamic_onnx, quantize_static_onnx, standard_ops_only
+from ort_latency import in_fresh_process  # benchmarks/ort_latency.py, next to this script
 
 VARIANTS = {
     "static-qdq": PTQConfig(method="static", format="qdq"),
@@ -46,15 +46,6 @@ def calibration_feeds(tokenizer_json: Path, texts: list[str], max_length: int, b
         yield {"input_ids": np.array([e.ids for e in enc], dtype=np.int64),
                "attention_mask": np.array([e.attention_mask for e in enc], dtype=np.int64),
                "token_type_ids": np.array([e.type_ids for e in enc], dtype=np.int64)}
-
-
-def ort_latency(paths: dict[str, Path], tokenizer_json: Path, text_file: Path, seq: int, iters: int,
-                threads: int) -> dict:
-    """Interleaved b1 x ``seq`` latency of each graph, timed in a fresh onnxruntime-only process."""
-    cmd = [sys.executable, str(Path(__file__).with_name("ort_latency.py")), "--tokenizer", str(tokenizer_json),
-           "--text-file", str(text_file), "--seq", str(seq), "--iters", str(iters), "--threads", str(threads),
-           "--warmup", str(min(20, iters)), *[f"{name}={path}" for name, path in paths.items()]]
-    return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
 
 
 def main(argv=None) -> int:
@@ -95,7 +86,7 @@ def main(argv=None) -> int:
         text_file = Path(tmp) / "latency_text.txt"
         text_file.write_text(" ".join(texts[:64]), encoding="utf-8")
         log(f"timing {len(paths)} graphs x {args.iters} calls at b1 x s{args.seq}, {args.threads} threads")
-        lat = ort_latency(paths, args.tokenizer, text_file, args.seq, args.iters, args.threads)
+        lat = in_fresh_process(paths, args.tokenizer, text_file, args.seq, args.iters, args.threads)
         rows = {}
         for name, path in paths.items():
             non_standard = standard_ops_only(onnx.load(str(path)))

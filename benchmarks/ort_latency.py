@@ -23,6 +23,17 @@ from edgekit_runtime.backends import ort_session
 _DTYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32}
 
 
+def in_fresh_process(paths: dict, tokenizer_json: Path, text_file: Path, seq: int, iters: int, threads: int,
+                     warmup: int = 20) -> dict:
+    """Run this script in a new interpreter over ``paths`` (name -> graph) and return its JSON."""
+    import subprocess
+
+    cmd = [sys.executable, str(Path(__file__)), "--tokenizer", str(tokenizer_json), "--text-file", str(text_file),
+           "--seq", str(seq), "--iters", str(iters), "--threads", str(threads), "--warmup", str(min(warmup, iters)),
+           *[f"{name}={path}" for name, path in paths.items()]]
+    return json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout)
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("graphs", nargs="+", help="NAME=PATH of each ONNX graph")

@@ -6,32 +6,15 @@ of the bundle format; this module adds what only the build host does.
 
 from __future__ import annotations
 
-import os
-import time
 from pathlib import Path
 from typing import Any
 
+from edgekit_runtime.bundle import atomic_write
 from edgekit_runtime.errors import SignatureError
 from edgekit_runtime.signing import SIGNATURE, key_id, load_private_key, sign_bundle
 
 PRIVATE_KEY_FILE = "private.pem"
 PUBLIC_KEY_FILE = "public.pem"
-
-
-def _write_atomic(path: Path, data: bytes, mode: int) -> None:
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}-{time.time_ns()}")
-    # Created with the final mode, so the private key is never readable by others, not even briefly.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
-    try:
-        with os.fdopen(fd, "wb") as fh:
-            os.fchmod(fh.fileno(), mode)  # the umask could only narrow it; say 0600 outright
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
 
 
 def generate_keys(out_dir: str | Path, *, force: bool = False) -> tuple[Path, Path, str]:
@@ -54,8 +37,8 @@ def generate_keys(out_dir: str | Path, *, force: bool = False) -> tuple[Path, Pa
                                     serialization.NoEncryption())
     public_pem = key.public_key().public_bytes(serialization.Encoding.PEM,
                                                serialization.PublicFormat.SubjectPublicKeyInfo)
-    _write_atomic(private_path, private_pem, 0o600)
-    _write_atomic(public_path, public_pem, 0o644)
+    atomic_write(private_path, private_pem, mode=0o600)
+    atomic_write(public_path, public_pem, mode=0o644)
     return private_path, public_path, key_id(key.public_key())
 
 

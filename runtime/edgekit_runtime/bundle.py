@@ -33,6 +33,28 @@ def canonical_json(obj: Any) -> bytes:
     return (json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n").encode("utf-8")
 
 
+def atomic_write(path: str | Path, data: bytes, *, mode: int | None = None, tmp_dir: str | Path | None = None
+                 ) -> None:
+    """Write ``data`` to a temporary file, fsync, then rename over ``path``: a reader sees the old file
+    or the new one, never half of one. ``mode`` creates the file with exactly those permissions (a
+    private key is never readable by others, not even briefly); ``tmp_dir`` puts the partial file
+    elsewhere on the same filesystem (e.g. beside a bundle rather than in it)."""
+    path = Path(path)
+    tmp = Path(tmp_dir or path.parent) / f".{path.name}.partial-{os.getpid()}-{time.time_ns()}"
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666 if mode is None else mode)
+    try:
+        with os.fdopen(fd, "wb") as fh:
+            if mode is not None:
+                os.fchmod(fh.fileno(), mode)  # the umask could only narrow it; say it outright
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+
+
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     h = hashlib.sha256()
     with open(path, "rb") as fh:

@@ -13,12 +13,10 @@ import base64
 import binascii
 import hashlib
 import json
-import os
-import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from .bundle import MANIFEST, canonical_json, verify_bundle
+from .bundle import MANIFEST, atomic_write, canonical_json, verify_bundle
 from .errors import BundleError, SignatureError
 
 SIGNATURE = "manifest.sig"
@@ -126,16 +124,7 @@ def sign_bundle(bundle: str | Path, private_key) -> dict[str, Any]:
         "signature": base64.b64encode(key.sign(raw)).decode("ascii"),
     }
     # The partial file sits beside the bundle, not in it: a kill must not leave an unexpected file inside.
-    tmp = bundle.with_name(f".{bundle.name}.{SIGNATURE}.partial-{os.getpid()}-{time.time_ns()}")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(canonical_json(record))
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, bundle / SIGNATURE)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    atomic_write(bundle / SIGNATURE, canonical_json(record), tmp_dir=bundle.parent)
     return record
 
 

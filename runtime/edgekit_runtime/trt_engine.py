@@ -20,7 +20,6 @@ import datetime as _dt
 import hashlib
 import json
 import logging
-import os
 import shlex
 import threading
 import time
@@ -30,7 +29,7 @@ from typing import Any, Iterator, Mapping, Sequence
 import numpy as np
 
 from .backends import Backend, TensorSpec, _Skip, _trt_cache_dir
-from .bundle import MANIFEST, canonical_json, sha256_file
+from .bundle import MANIFEST, atomic_write, canonical_json, sha256_file
 from .errors import BackendError, BundleError
 
 log = logging.getLogger("edgekit_runtime")
@@ -193,20 +192,6 @@ def engine_cache_key(*, gpu: str, compute_capability: str, tensorrt: str, model_
     return hashlib.sha256(canonical_json(record)).hexdigest(), record
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
-    """Write to a sibling temporary file, fsync, then rename: a reader sees the old file or the new one."""
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}-{time.time_ns()}")
-    try:
-        with open(tmp, "wb") as fh:
-            fh.write(data)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-
-
 @contextlib.contextmanager
 def _locked(path: Path) -> Iterator[None]:
     """An exclusive advisory lock, so two processes starting together build an engine once."""
@@ -268,11 +253,11 @@ class EngineCache:
             timing_path = directory / f"timing-{hashlib.sha256(canonical_json([gpu, cc, str(adapter.version)])).hexdigest()[:16]}.cache"
             runner, blob = self._build(adapter, onnx_path, plan, workspace, timing_path, why)
             try:
-                _atomic_write(engine_path, blob)
+                atomic_write(engine_path, blob)
                 meta = {"key": key, "build": record, "engine_sha256": hashlib.sha256(blob).hexdigest(),
                         "engine_bytes": len(blob),
                         "created_utc": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat()}
-                _atomic_write(meta_path, canonical_json(meta))
+                atomic_write(meta_path, canonical_json(meta))
             except OSError as exc:
                 log.warning("TensorRT engine built but not cached: cannot write %s (%s); the next start rebuilds it. "
                             "Fix: free disk space or set EDGEKIT_CACHE_DIR to a writable directory.", engine_path, exc)
@@ -323,7 +308,7 @@ class EngineCache:
         log.info("TensorRT engine built in %.1f s (%d bytes)", time.perf_counter() - start, len(blob))
         if timing_path is not None and new_timing:
             try:
-                _atomic_write(timing_path, bytes(new_timing))
+                atomic_write(timing_path, bytes(new_timing))
             except OSError as exc:
                 log.warning("TensorRT timing cache not saved to %s (%s)", timing_path, exc)
         runner = adapter.load(blob)

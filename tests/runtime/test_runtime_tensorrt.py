@@ -17,6 +17,7 @@ import onnxruntime as ort
 import pytest
 
 import edgekit_runtime as rt
+from edgekit_runtime import bundle as rt_bundle
 from edgekit_runtime import trt_engine
 from edgekit_runtime.backends import TensorSpec, select_backend
 from edgekit_runtime.bundle import canonical_json, sha256_file
@@ -376,7 +377,7 @@ def test_a_failed_cache_write_leaves_no_partial_files(tmp_path, monkeypatch):
     def replace_fails(src, dst):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr(trt_engine.os, "replace", replace_fails)
+    monkeypatch.setattr(rt_bundle.os, "replace", replace_fails)  # where atomic_write renames
     b, adapter = backend(cache)
     assert "not cached" in b.cache_status and len(adapter.builds) == 1
     assert cached(cache) == [] and not [p for p in cache.iterdir() if ".partial-" in p.name]
