@@ -126,6 +126,12 @@ def _check_model_section(manifest: Mapping[str, Any], profile: DeviceProfile) ->
     return file
 
 
+def _is_qdq_int8(manifest: Mapping[str, Any]) -> bool:
+    """An int8 graph in QuantizeLinear/DequantizeLinear form (QAT or static PTQ), per the manifest."""
+    model = manifest.get("model") or {}
+    return model.get("precision") == "int8" and (model.get("int8") or {}).get("format") == "qdq"
+
+
 def _check_graph_io(manifest: Mapping[str, Any], task: TaskHead, backend: Backend) -> None:
     """The manifest's IO spec must describe the graph the backend loaded."""
     graph_in = {s.name: s.dtype for s in backend.inputs}
@@ -261,7 +267,8 @@ def load(path: str | Path, *, verify: bool = True, backend: str | None = None,
 
         chosen, reasons = select_backend(bundle_dir / model_file, profile, threads=threads,
                                          backends=None if backend is None else [backend], feed_builder=smoke,
-                                         quantized=manifest_value(manifest, "model.precision", str) == "int8",
+                                         # QDQ int8 only: dynamic (QOperator) graphs keep ORT's fusions.
+                                         quantized=_is_qdq_int8(manifest),
                                          engine_plan=plan,
                                          # Unverified files may not be what the manifest hashed: the TensorRT
                                          # engine caches then key on the file's own sha256.

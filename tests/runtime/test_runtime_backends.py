@@ -78,3 +78,12 @@ def test_a_provider_onnxruntime_quietly_drops_is_a_failure(tiny_bundle):
                                       available_providers=["CUDAExecutionProvider", "CPUExecutionProvider"])
     assert backend.name == "ort-cpu"
     assert reasons[0].startswith("ort-cuda: failed") and "instead of CUDAExecutionProvider" in reasons[0]
+
+
+def test_only_qdq_int8_bundles_get_the_qdq_session_options():
+    """The runtime's QDQ options (no MatMul+Add fusion, no CSE) would only slow other graphs."""
+    from edgekit_runtime.model import _is_qdq_int8
+
+    assert _is_qdq_int8({"model": {"precision": "int8", "int8": {"method": "qat", "format": "qdq"}}})
+    assert not _is_qdq_int8({"model": {"precision": "int8", "int8": {"method": "ptq-dynamic", "format": "qoperator"}}})
+    assert not _is_qdq_int8({"model": {"precision": "fp32"}})
