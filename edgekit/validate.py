@@ -7,6 +7,7 @@ every failing case is listed with its max difference, and the pass raises.
 from __future__ import annotations
 
 import copy
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -38,8 +39,14 @@ def ort_session(path: str | Path, threads: int | None = None) -> ort.InferenceSe
 
 
 def is_qdq_graph(path: str | Path) -> bool:
-    """Whether the graph holds DequantizeLinear nodes (a QDQ int8 graph)."""
-    return any(n.op_type == "DequantizeLinear" for n in onnx.load(str(path), load_external_data=False).graph.node)
+    """Whether the graph holds DequantizeLinear nodes (a QDQ int8 graph); read once per file version."""
+    stat = Path(path).stat()
+    return _has_dequantize(str(Path(path).resolve()), stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=16)
+def _has_dequantize(path: str, mtime_ns: int, size: int) -> bool:  # the file's version is part of the key
+    return any(n.op_type == "DequantizeLinear" for n in onnx.load(path, load_external_data=False).graph.node)
 
 
 def run_session(session: ort.InferenceSession, batch: dict[str, torch.Tensor]) -> list[np.ndarray]:
