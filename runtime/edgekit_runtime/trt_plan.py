@@ -54,9 +54,12 @@ def check_engine_plan(plan: Any, input_names: Sequence[str] | None = None) -> di
         if not isinstance(spec, Mapping) or set(spec) != set(SHAPE_KEYS):
             raise bad(f".shapes.{name} is {spec!r}, expected exactly min, opt and max")
         dims = [spec[k] for k in SHAPE_KEYS]
-        if (any(not isinstance(d, list) or not d or not all(_positive_int(x) for x in d) for d in dims)
+        # min may be 0 (an empty past-KV input: a decoder's prefill step); opt and max are positive.
+        if (any(not isinstance(d, list) or not d or not all(_positive_int(x) or (key == "min" and x == 0)
+                                                            for x in d) for key, d in zip(SHAPE_KEYS, dims))
                 or len({len(d) for d in dims}) != 1):
-            raise bad(f".shapes.{name} is {dict(spec)!r}, expected three lists of positive integers of one length")
+            raise bad(f".shapes.{name} is {dict(spec)!r}, expected three lists of integers of one length "
+                      f"(positive; min may be 0)")
         if not all(lo <= opt <= hi for lo, opt, hi in zip(*dims)):
             raise bad(f".shapes.{name} is {dict(spec)!r}: every dimension needs min <= opt <= max")
     if "workspace_mb" in plan and not _positive_int(plan["workspace_mb"]):

@@ -1,0 +1,132 @@
+"""Write a causal-LM bundle: the KV-cache graph, the tokenizer and the manifest of docs/decoder.md.
+
+The runtime's bundle format is unchanged: the same files table, profile section and hashes as
+an encoder bundle; ``task`` says ``causal-lm`` and carries what generation needs (layers, KV
+heads, head dim, stop ids, chat template, think tokens), and the engine plan gives TensorRT the
+min / opt / max shapes of the past-KV inputs as well as of the token inputs.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import platform
+from pathlib import Path
+from typing import Any, Mapping
+
+import onnx
+
+from .. import __version__
+from ..bundle import MODEL_FILE, TOKENIZER_FILE, _io_spec, _tokenizer_json
+from .arch import DecoderError, decoder_shape
+
+EXTERNAL_DATA_FILE = MODEL_FILE + ".data"  # what export writes for models over 2 GB
+THINK = ("<think>", "</think>")
+GENERATION_DEFAULTS = {"max_new_tokens": 256, "do_sample": False, "temperature": 1.0, "top_k": 0, "top_p": 1.0}
+
+
+def _single_token(tokenizer, text: str) -> int | None:
+    ids = tokenizer.convert_tokens_to_ids(text)
+    unk = getattr(tokenizer, "unk_token_id", None)
+    return ids if isinstance(ids, int) and ids != unk and ids is not None else None
+
+
+def eos_token_ids(model, tokenizer) -> list[int]:
+    """Every id that ends generation: the tokenizer's eos and the generation config's (R1 lists several)."""
+    ids: set[int] = set()
+    if tokenizer.eos_token_id is not None:
+        ids.add(int(tokenizer.eos_token_id))
+    gen = getattr(model, "generation_config", None)
+    value = getattr(gen, "eos_token_id", None)
+    ids.update(int(v) for v in (value if isinstance(value, (list, tuple)) else [value]) if v is not None)
+    if not ids:
+        raise DecoderError("the tokenizer and the generation config name no eos token, so generation could only stop "
+                           "at max_new_tokens. Fix: set tokenizer.eos_token (or generation_config.eos_token_id).")
+    return sorted(ids)
+
+
+def task_section(model, tokenizer, *, max_context: int, generation: Mapping[str, Any] | None = None) -> dict[str, Any]:
+    """The manifest's ``task`` for a causal LM (docs/decoder.md)."""
+    shape = decoder_shape(model)
+    think_ids = [_single_token(tokenizer, t) for t in THINK]
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_token_ids(model, tokenizer)[0]
+    return {"name": "causal-lm", "num_layers": shape.num_layers, "num_key_value_heads": shape.num_kv_heads,
+            "head_dim": shape.head_dim, "vocab_size": shape.vocab_size, "max_context": int(max_context),
+            "eos_token_ids": eos_token_ids(model, tokenizer), "pad_token_id": int(pad),
+            "bos_token_id": None if tokenizer.bos_token_id is None else int(tokenizer.bos_token_id),
+            "chat_template": tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None,
+            "think": ({"start": THINK[0], "end": THINK[1]} if all(i is not None for i in think_ids) else None),
+            "generation": {**GENERATION_DEFAULTS, **(generation or {})}}
+
+
+def decoder_engine_plan(profile, graph_inputs: list[str], shape, *, precision: str, max_context: int) -> dict[str, Any] | None:
+    """TensorRT shapes: tokens (batch, sequence), the mask over past + new, and past KV (batch, H_kv, past, D).
+
+    ``opt`` is a batch-1 decode step (one new token over a half-full context), the shape an
+    engine runs most; prefill (up to the whole context at once) and batch up to 8 are covered by max.
+    """
+    from edgekit_runtime.trt_engine import ENGINE_FILE, trtexec_line, workspace_mb
+
+    if not any(b in ("tensorrt", "ort-tensorrt") for b in profile.backends):
+        return None
+    flags = ["int8", "fp16"] if precision == "int8" else (["fp16"] if profile.default_precision == "fp16" else [])
+    half, batch = max(1, max_context // 2), 8
+    shapes = {}
+    for name in graph_inputs:
+        if name.startswith("past_key_values."):
+            shapes[name] = {"min": [1, shape.num_kv_heads, 0, shape.head_dim],
+                            "opt": [1, shape.num_kv_heads, half, shape.head_dim],
+                            "max": [batch, shape.num_kv_heads, max_context - 1, shape.head_dim]}
+        elif name == "attention_mask":
+            shapes[name] = {"min": [1, 1], "opt": [1, half + 1], "max": [batch, max_context]}
+        else:
+            shapes[name] = {"min": [1, 1], "opt": [1, 1], "max": [batch, max_context]}
+    plan = {"tensorrt": profile.tensorrt, "compute_capability": profile.compute_capability, "flags": flags,
+            "workspace_mb": workspace_mb(profile.memory_budget_mb), "shapes": shapes}
+    plan["trtexec"] = trtexec_line(plan, onnx=MODEL_FILE, engine=ENGINE_FILE)
+    return plan
+
+
+def write_decoder_bundle(model, tokenizer, onnx_path: str | Path, out_dir: str | Path, *, profile="x86-64-cpu",
+                         precision: str = "fp32", int8: Mapping[str, Any] | None = None, max_context: int = 512,
+                         generation: Mapping[str, Any] | None = None, recipe: Mapping[str, Any] | None = None,
+                         pass_log: list | None = None, figures: Mapping[str, Any] | None = None,
+                         rewrite_rules: tuple[str, ...] = (), overwrite: bool = False) -> Path:
+    """Stage the graph (and its external data, if any), tokenizer.json and the manifest; write atomically."""
+    import edgekit_runtime
+
+    from ..profiles import resolve_profile
+
+    if isinstance(profile, str):
+        profile = resolve_profile(profile)
+    if precision not in profile.precisions:
+        raise DecoderError(f"precision {precision!r} is not one profile '{profile.name}' allows "
+                           f"({list(profile.precisions)}). Fix: pick one of those.")
+    if max_context > profile.max_sequence_length:
+        raise DecoderError(f"max_context {max_context} exceeds profile '{profile.name}' max_sequence_length "
+                           f"{profile.max_sequence_length}. Fix: pass max_context <= {profile.max_sequence_length}.")
+    onnx_path = Path(onnx_path)
+    files: dict[str, Path | bytes] = {MODEL_FILE: onnx_path, TOKENIZER_FILE: _tokenizer_json(tokenizer)}
+    data = onnx_path.with_name(onnx_path.name + ".data")
+    if data.exists():
+        files[EXTERNAL_DATA_FILE] = data
+    graph = onnx.load(str(onnx_path), load_external_data=False)
+    shape = decoder_shape(model)
+    manifest = {
+        "edgekit_version": __version__,
+        "created_utc": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
+        "host": {"python": platform.python_version(), "machine": platform.machine()},
+        "profile": {"name": profile.name, "sha256": profile.sha256, "data": profile.to_dict()},
+        "task": task_section(model, tokenizer, max_context=max_context, generation=generation),
+        "model": {"file": MODEL_FILE, "precision": precision, "int8": dict(int8) if int8 else None,
+                  "opset": profile.opset, "rewrite_rules": list(rewrite_rules), **_io_spec(onnx_path)},
+        "tokenizer": {"file": TOKENIZER_FILE, "max_length": int(max_context),
+                      "pad_token_id": int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None
+                                          else eos_token_ids(model, tokenizer)[0]),
+                      "padding_side": "left", "truncation_side": "left"},
+        "engine_plan": decoder_engine_plan(profile, [i.name for i in graph.graph.input], shape,
+                                           precision=precision, max_context=max_context),
+        "recipe": dict(recipe or {}),
+        "pass_log": list(pass_log or []),
+        "figures": dict(figures or {}),
+    }
+    return edgekit_runtime.write_bundle(out_dir, files, manifest, overwrite=overwrite)
