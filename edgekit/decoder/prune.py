@@ -1,0 +1,537 @@
+"""Structured pruning of Qwen2 / Llama decoders that cuts tensors and stays a plain transformers model.
+
+    scores = compute_scores(model, cfg, batches)   # what matters
+    kept = plan(model, cfg, scores)                # how much; print(format_plan(kept, model)) is the dry run
+    apply(model, kept)                             # cut; save_pruned_decoder writes a from_pretrained directory
+
+or ``prune_decoder(model, cfg, batches)`` for all three. Every kept layer keeps the same number of
+KV groups, query heads per group and SwiGLU channels, so the result is described by the ordinary
+config fields (``num_attention_heads``, ``num_key_value_heads``, ``intermediate_size``, an explicit
+``head_dim``) and reloads with ``AutoModelForCausalLM.from_pretrained`` without custom code.
+
+GQA: query head ``h`` reads KV head ``h // group_size`` (transformers' ``repeat_kv``). Cutting a KV
+group removes its K/V rows and all its query heads; cutting query heads within groups keeps every
+group the same size, so the sliced heads still line up with their KV heads.
+
+Batches are dicts with ``input_ids``, ``attention_mask`` and ``labels`` (``input_ids`` with pads
+set to -100). They are iterated once per score, so pass a list, not a generator.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from edgekit.prune.apply import _slice_linear
+from edgekit.prune.plan import uniform_layers
+
+from .arch import DecoderError, DecoderShape, decoder_layers, decoder_shape
+
+LAYER_IMPORTANCE = ("angular", "uniform")
+HEAD_IMPORTANCE = ("taylor", "magnitude")
+CHANNEL_IMPORTANCE = ("taylor", "magnitude")
+COUNTS = ("keep_layers", "kv_groups_keep", "heads_per_group_keep", "intermediate_keep")
+
+Batches = Sequence[dict[str, Tensor]]
+
+
+def _bad(key: str, value, fix: str):
+    raise DecoderError(f"[decoder prune] {key} = {value!r}: {fix}")
+
+
+@dataclass(frozen=True)
+class DecoderPruneConfig:
+    keep_layers: int | None = None           # decoder layers kept; None keeps all
+    kv_groups_keep: int | None = None        # whole KV groups kept per layer, each with its query heads
+    heads_per_group_keep: int | None = None  # query heads kept in every kept group
+    intermediate_keep: int | None = None     # SwiGLU channels kept per layer
+    layer_importance: str = "angular"        # angular | uniform
+    head_importance: str = "taylor"          # taylor | magnitude
+    channel_importance: str = "taylor"       # taylor | magnitude
+
+    def __post_init__(self):
+        for key, allowed in (("layer_importance", LAYER_IMPORTANCE), ("head_importance", HEAD_IMPORTANCE),
+                             ("channel_importance", CHANNEL_IMPORTANCE)):
+            if getattr(self, key) not in allowed:
+                _bad(key, getattr(self, key), f"use one of {', '.join(repr(a) for a in allowed)}.")
+        for key in COUNTS:
+            value = getattr(self, key)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                _bad(key, value, "use a whole number >= 1 (how many to keep), or None to keep all.")
+
+    def check(self, shape: DecoderShape) -> None:
+        """Refuse counts the model cannot give (more than it has)."""
+        if all(getattr(self, key) is None for key in COUNTS):
+            raise DecoderError(f"[decoder prune] nothing to prune: {', '.join(COUNTS)} are all None. Fix: set at "
+                               f"least one (e.g. keep_layers={max(1, shape.num_layers - 2)}).")
+        for key, limit, what in (("keep_layers", shape.num_layers, "layers"),
+                                 ("kv_groups_keep", shape.num_kv_heads, "KV groups (num_key_value_heads)"),
+                                 ("heads_per_group_keep", shape.group_size, "query heads per KV group"),
+                                 ("intermediate_keep", shape.intermediate_size, "SwiGLU channels per layer")):
+            value = getattr(self, key)
+            if value is not None and value > limit:
+                _bad(key, value, f"the model has {limit} {what}; keep at most {limit}.")
+
+
+# ---------------------------------------------------------------------------------------------- importance
+
+@dataclass(frozen=True)
+class DecoderScores:
+    """Higher = more important. ``head``: per layer, one score per query head; ``channel``: per layer."""
+    layer: Tensor | None = None
+    head: list[Tensor] | None = None
+    channel: list[Tensor] | None = None
+
+
+@contextmanager
+def _eval(model: nn.Module) -> Iterator[None]:
+    was_training = model.training
+    model.eval()
+    try:
+        yield
+    finally:
+        model.train(was_training)
+
+
+def _inputs(batch: dict[str, Tensor]) -> dict[str, Tensor]:
+    return {k: batch[k] for k in ("input_ids", "attention_mask") if k in batch}
+
+
+def layer_importance(model: nn.Module, batches: Batches) -> Tensor:
+    """Angular distance arccos(cos(x_in, x_out)) / pi of each block, averaged over non-pad tokens.
+
+    Gromov et al. 2024 score blocks of n layers on the last token; here each layer is a block and
+    every real token counts. Hooks read each block's own input and output: ``output_hidden_states``
+    would not do, as its last entry is taken after the final norm.
+    """
+    layers = decoder_layers(model)
+    distances: dict[int, Tensor] = {}  # per layer, per token, for the batch being run
+
+    def record(i: int):
+        def hook(module, args, kwargs, out):
+            x_in = args[0] if args else kwargs["hidden_states"]
+            x_out = out[0] if isinstance(out, tuple) else out
+            cos = F.cosine_similarity(x_in.double(), x_out.double(), dim=-1).clamp(-1.0, 1.0)
+            distances[i] = (torch.arccos(cos) / math.pi).cpu()
+        return hook
+
+    handles = [layer.register_forward_hook(record(i), with_kwargs=True) for i, layer in enumerate(layers)]
+    total, tokens = torch.zeros(len(layers), dtype=torch.float64), 0
+    try:
+        with _eval(model), torch.no_grad():
+            for batch in batches:
+                model(**_inputs(batch), use_cache=False)
+                mask = batch.get("attention_mask", torch.ones_like(batch["input_ids"])).bool().cpu()
+                total += torch.stack([distances[i][mask].sum() for i in range(len(layers))])
+                tokens += int(mask.sum())
+    finally:
+        for h in handles:
+            h.remove()
+    if tokens == 0:
+        raise DecoderError("[decoder prune] angular layer importance got no tokens. Fix: pass at least one batch "
+                           "with a non-pad token, or use layer_importance='uniform'.")
+    return (total / tokens).float()
+
+
+def _rows(units, width: int) -> Tensor:
+    """Row indices of ``units`` blocks of ``width`` (heads of head_dim rows)."""
+    return torch.cat([torch.arange(u * width, (u + 1) * width) for u in units])
+
+
+@contextmanager
+def _gates(model: nn.Module, head_gates: Sequence[Tensor] | None, channel_gates: Sequence[Tensor] | None):
+    """Scale each query head's output (o_proj input) and each SwiGLU channel (down_proj input)."""
+    dh, handles = decoder_shape(model).head_dim, []
+
+    def head_hook(gate):
+        return lambda m, args: ((args[0].unflatten(-1, (-1, dh)) * gate[:, None]).flatten(-2), *args[1:])
+
+    def channel_hook(gate):
+        return lambda m, args: (args[0] * gate, *args[1:])
+
+    for i, layer in enumerate(decoder_layers(model)):
+        if head_gates is not None:
+            handles.append(layer.self_attn.o_proj.register_forward_pre_hook(head_hook(head_gates[i])))
+        if channel_gates is not None:
+            handles.append(layer.mlp.down_proj.register_forward_pre_hook(channel_hook(channel_gates[i])))
+    try:
+        yield
+    finally:
+        for h in handles:
+            h.remove()
+
+
+def _taylor(model: nn.Module, batches: Batches, heads: bool, channels: bool):
+    """Per batch |d loss / d gate| at gates = 1, summed over batches: for a gate on a unit that is
+    |sum over tokens of gradient x activation| of the unit's outputs, the first-order Taylor
+    estimate of the loss change when it is removed (Molchanov et al. 2019)."""
+    shape, param = decoder_shape(model), next(model.parameters())
+    opts = {"dtype": param.dtype, "device": param.device, "requires_grad": True}
+    head_g = [torch.ones(shape.num_heads, **opts) for _ in range(shape.num_layers)] if heads else None
+    chan_g = [torch.ones(shape.intermediate_size, **opts) for _ in range(shape.num_layers)] if channels else None
+    leaves = (head_g or []) + (chan_g or [])
+    totals = [torch.zeros(g.shape, dtype=torch.float64) for g in leaves]
+    seen = 0
+    with _eval(model), _gates(model, head_g, chan_g):
+        for batch in batches:
+            if "labels" not in batch:
+                raise DecoderError("[decoder prune] taylor importance needs a loss: every batch must hold 'labels' "
+                                   "(input_ids with pads = -100). Fix: add labels, or use 'magnitude'.")
+            loss = model(**_inputs(batch), labels=batch["labels"], use_cache=False).loss
+            for total, grad in zip(totals, torch.autograd.grad(loss, leaves)):
+                total += grad.detach().abs().double().cpu()
+            seen += 1
+    if seen == 0:
+        raise DecoderError("[decoder prune] taylor importance got no batches. Fix: pass at least one batch, or "
+                           "use 'magnitude', which needs none.")
+    n = shape.num_layers
+    totals = [t.float() for t in totals]
+    return (totals[:n] if heads else None), (totals[-n:] if channels else None)
+
+
+def head_importance_taylor(model: nn.Module, batches: Batches) -> list[Tensor]:
+    """Per layer, per query head: |grad x activation| at o_proj's input, via a gate per head."""
+    return _taylor(model, batches, heads=True, channels=False)[0]
+
+
+def head_importance_magnitude(model: nn.Module) -> list[Tensor]:
+    """Per layer, per query head: ||W_q rows|| * ||W_o columns||, the weights the head owns (K/V are
+    shared by its group). No data needed."""
+    dh, scores = decoder_shape(model).head_dim, []
+    with torch.no_grad():
+        for layer in decoder_layers(model):
+            q = layer.self_attn.q_proj.weight.float().unflatten(0, (-1, dh))       # heads, dh, hidden
+            o = layer.self_attn.o_proj.weight.float().unflatten(1, (-1, dh))       # hidden, heads, dh
+            scores.append(q.norm(dim=(1, 2)) * o.norm(dim=(0, 2)))
+    return scores
+
+
+def group_importance(head_scores: Sequence[Tensor], num_kv_heads: int) -> list[Tensor]:
+    """Per layer, per KV group: the sum of its query heads' scores (query head h is in group h // size)."""
+    return [s.reshape(num_kv_heads, -1).sum(1) for s in head_scores]
+
+
+def channel_importance_taylor(model: nn.Module, batches: Batches) -> list[Tensor]:
+    """Per layer, per SwiGLU channel: |grad x activation| at down_proj's input, via a gate per channel."""
+    return _taylor(model, batches, heads=False, channels=True)[1]
+
+
+def channel_importance_magnitude(model: nn.Module) -> list[Tensor]:
+    """Per layer, per SwiGLU channel: ||gate row|| * ||up row|| * ||down column||; the channel's
+    output is bilinear in gate and up, linear in down, so its scale is the product. No data needed."""
+    with torch.no_grad():
+        return [layer.mlp.gate_proj.weight.float().norm(dim=1) * layer.mlp.up_proj.weight.float().norm(dim=1)
+                * layer.mlp.down_proj.weight.float().norm(dim=0) for layer in decoder_layers(model)]
+
+
+def compute_scores(model: nn.Module, cfg: DecoderPruneConfig, batches: Batches | None = None) -> DecoderScores:
+    """The scores ``cfg`` needs and nothing more; angular and taylor need ``batches``."""
+    def need_data(what: str, alternative: str) -> Batches:
+        if batches is None:
+            raise DecoderError(f"[decoder prune] {what} needs batches (input_ids, attention_mask, labels). "
+                               f"Fix: pass batches, or use {alternative}, which needs none.")
+        return batches
+
+    layer = head = channel = None
+    if cfg.keep_layers is not None and cfg.layer_importance == "angular":
+        layer = layer_importance(model, need_data("layer_importance='angular'", "layer_importance='uniform'"))
+    want_heads = cfg.kv_groups_keep is not None or cfg.heads_per_group_keep is not None
+    taylor_heads = want_heads and cfg.head_importance == "taylor"
+    taylor_channels = cfg.intermediate_keep is not None and cfg.channel_importance == "taylor"
+    if taylor_heads:
+        need_data("head_importance='taylor'", "head_importance='magnitude'")
+    if taylor_channels:
+        need_data("channel_importance='taylor'", "channel_importance='magnitude'")
+    if taylor_heads or taylor_channels:  # one backward pass serves both
+        head, channel = _taylor(model, batches, taylor_heads, taylor_channels)
+    if want_heads and not taylor_heads:
+        head = head_importance_magnitude(model)
+    if cfg.intermediate_keep is not None and not taylor_channels:
+        channel = channel_importance_magnitude(model)
+    return DecoderScores(layer=layer, head=head, channel=channel)
+
+
+# ---------------------------------------------------------------------------------------------- plan
+
+@dataclass(frozen=True)
+class DecoderPrunePlan:
+    """What is kept, in the numbering of the model it was made for. Counts are uniform over layers."""
+    num_layers: int
+    kept_layers: tuple[int, ...]
+    groups: tuple[tuple[int, ...], ...]     # per kept layer: kept KV heads
+    heads: tuple[tuple[int, ...], ...]      # per kept layer: kept query heads (grouped, ascending)
+    channels: tuple[tuple[int, ...], ...]   # per kept layer: kept SwiGLU channels
+
+    def __post_init__(self):
+        k = self.kept_layers
+        if not k or list(k) != sorted(set(k)) or k[0] < 0 or k[-1] >= self.num_layers:
+            raise DecoderError(f"[decoder prune] plan keeps layers {k} of {self.num_layers}: need at least one, "
+                               f"ascending, unique, in range. Fix: build plans with plan().")
+        for what in ("groups", "heads", "channels"):
+            entries = getattr(self, what)
+            if len(entries) != len(k) or len({len(e) for e in entries}) != 1:
+                raise DecoderError(f"[decoder prune] plan {what} {entries}: need one entry per kept layer, all the "
+                                   f"same length (uniform pruning). Fix: build plans with plan().")
+            for e in entries:
+                if not e or list(e) != sorted(set(e)) or e[0] < 0:
+                    raise DecoderError(f"[decoder prune] plan {what} entry {e}: need at least one, ascending, "
+                                       f"unique. Fix: build plans with plan().")
+        if len(self.heads[0]) % len(self.groups[0]):
+            raise DecoderError(f"[decoder prune] plan keeps {len(self.heads[0])} query heads over "
+                               f"{len(self.groups[0])} KV groups: need the same number in every group.")
+
+    def check(self, shape: DecoderShape) -> None:
+        """Refuse a plan made for another model, or whose query heads do not sit evenly in its groups."""
+        if shape.num_layers != self.num_layers:
+            raise DecoderError(f"[decoder prune] the plan is for {self.num_layers} layers, the model has "
+                               f"{shape.num_layers}. Fix: make the plan for this model.")
+        per_group = len(self.heads[0]) // len(self.groups[0])
+        for layer, groups, heads, channels in zip(self.kept_layers, self.groups, self.heads, self.channels):
+            if groups[-1] >= shape.num_kv_heads or heads[-1] >= shape.num_heads or \
+                    channels[-1] >= shape.intermediate_size:
+                raise DecoderError(f"[decoder prune] plan layer {layer} keeps indices beyond the model's "
+                                   f"{shape.num_kv_heads} KV / {shape.num_heads} query heads / "
+                                   f"{shape.intermediate_size} channels. Fix: make the plan for this model.")
+            owners = [h // shape.group_size for h in heads]
+            if sorted(set(owners)) != list(groups) or any(owners.count(g) != per_group for g in groups):
+                raise DecoderError(f"[decoder prune] plan layer {layer} keeps query heads {heads} (groups {owners}) "
+                                   f"but KV groups {groups}: every kept group needs {per_group} of its own heads.")
+
+    @property
+    def sizes(self) -> dict[str, int]:
+        """The pruned model's config sizes."""
+        return {"num_hidden_layers": len(self.kept_layers), "num_attention_heads": len(self.heads[0]),
+                "num_key_value_heads": len(self.groups[0]), "intermediate_size": len(self.channels[0])}
+
+
+def _top(scores: Tensor, k: int) -> tuple[int, ...]:
+    order = sorted(range(len(scores)), key=lambda j: (-float(scores[j]), j))   # ties: lower index
+    return tuple(sorted(order[:k]))
+
+
+def _need(name: str, scores, fix: str):
+    if scores is None:
+        raise DecoderError(f"[decoder prune] the plan needs {name} scores and none were given. Fix: {fix}")
+    return scores
+
+
+def _check_config_loads(config, sizes: dict[str, int], head_dim: int, asked: str) -> None:
+    # The config classes validate themselves at save time (LlamaConfig wants hidden_size % heads == 0
+    # even with an explicit head_dim): refuse such a plan before anything is cut. A config that
+    # fails its own validation already is not ours to judge.
+    if not hasattr(config, "validate"):
+        return
+    try:
+        config.validate()
+    except Exception:  # noqa: BLE001
+        return
+    candidate = copy.deepcopy(config)
+    for key, value in {**sizes, "head_dim": head_dim}.items():
+        setattr(candidate, key, value)
+    if hasattr(candidate, "layer_types") and candidate.layer_types is not None:
+        candidate.layer_types = list(candidate.layer_types)[:sizes["num_hidden_layers"]]
+    try:
+        candidate.validate()
+    except Exception as err:  # noqa: BLE001 - any validator's complaint is a reason to refuse
+        reason = " ".join(str(err).split()).rstrip(".")
+        raise DecoderError(f"[decoder prune] {asked}: {sizes['num_attention_heads']} query heads over "
+                           f"{sizes['num_key_value_heads']} KV heads (hidden_size {config.hidden_size}) make a config "
+                           f"{type(config).__name__} rejects ({reason}). Fix: keep a number of query heads "
+                           f"(groups x heads per group) that divides hidden_size.") from None
+
+
+def plan(model: nn.Module, cfg: DecoderPruneConfig, scores: DecoderScores) -> DecoderPrunePlan:
+    """Which layers, KV groups, query heads and channels to keep (see compute_scores). Cuts nothing."""
+    shape = decoder_shape(model)
+    cfg.check(shape)
+    n, fix = shape.num_layers, "compute them with compute_scores(model, cfg, batches)."
+    if cfg.keep_layers is None:
+        layers = tuple(range(n))
+    elif cfg.layer_importance == "uniform":
+        layers = uniform_layers(n, cfg.keep_layers)
+    else:
+        layers = _top(_need("layer", scores.layer, fix), cfg.keep_layers)
+
+    n_groups = cfg.kv_groups_keep or shape.num_kv_heads
+    per_group = cfg.heads_per_group_keep or shape.group_size
+    if cfg.kv_groups_keep is None and cfg.heads_per_group_keep is None:
+        groups = [tuple(range(shape.num_kv_heads))] * len(layers)
+        heads = [tuple(range(shape.num_heads))] * len(layers)
+    else:
+        head_scores = _need("head", scores.head, fix)
+        groups, heads = [], []
+        for i in layers:
+            kept = _top(group_importance([head_scores[i]], shape.num_kv_heads)[0], n_groups)
+            in_group = head_scores[i].reshape(shape.num_kv_heads, shape.group_size)
+            groups.append(kept)
+            heads.append(tuple(g * shape.group_size + h for g in kept for h in _top(in_group[g], per_group)))
+    if cfg.intermediate_keep is None:
+        channels = [tuple(range(shape.intermediate_size))] * len(layers)
+    else:
+        channels = [_top(_need("channel", scores.channel, fix)[i], cfg.intermediate_keep) for i in layers]
+    result = DecoderPrunePlan(num_layers=n, kept_layers=tuple(layers), groups=tuple(groups), heads=tuple(heads),
+                              channels=tuple(channels))
+    asked = f"kv_groups_keep = {cfg.kv_groups_keep!r}, heads_per_group_keep = {cfg.heads_per_group_keep!r}"
+    _check_config_loads(model.config, result.sizes, shape.head_dim, asked)
+    return result
+
+
+def _layer_params(layer: nn.Module) -> int:
+    return sum(p.numel() for p in layer.parameters())
+
+
+def _linear_params(linear: nn.Linear, out_features: int, in_features: int) -> int:
+    return out_features * in_features + (out_features if linear.bias is not None else 0)
+
+
+def _layer_params_after(layer: nn.Module, n_heads: int, n_groups: int, n_channels: int, dh: int) -> int:
+    attn, mlp = layer.self_attn, layer.mlp
+    hidden, q_width, kv_width = attn.q_proj.in_features, n_heads * dh, n_groups * dh
+    cut = {attn.q_proj: (q_width, hidden), attn.k_proj: (kv_width, hidden), attn.v_proj: (kv_width, hidden),
+           attn.o_proj: (hidden, q_width), mlp.gate_proj: (n_channels, hidden), mlp.up_proj: (n_channels, hidden),
+           mlp.down_proj: (hidden, n_channels)}
+    rest = _layer_params(layer) - sum(_layer_params(linear) for linear in cut)
+    return rest + sum(_linear_params(linear, *size) for linear, size in cut.items())
+
+
+def param_counts(kept: DecoderPrunePlan, model: nn.Module) -> dict[str, tuple[int, int]]:
+    """(before, after) parameter counts, total and decoder layers only, without cutting anything."""
+    shape, layers = decoder_shape(model), decoder_layers(model)
+    sizes = kept.sizes
+    before = sum(_layer_params(layer) for layer in layers)
+    after = sum(_layer_params_after(layers[i], sizes["num_attention_heads"], sizes["num_key_value_heads"],
+                                    sizes["intermediate_size"], shape.head_dim) for i in kept.kept_layers)
+    total = sum(p.numel() for p in model.parameters())
+    return {"total": (total, total - before + after), "layers": (before, after)}
+
+
+def format_plan(kept: DecoderPrunePlan, model: nn.Module, scores: DecoderScores | None = None,
+                cfg: DecoderPruneConfig | None = None) -> str:
+    """The dry run: what each stage keeps, and the parameter counts before and after."""
+    shape, sizes, counts = decoder_shape(model), kept.sizes, param_counts(kept, model)
+
+    def stage(name: str, before: int | str, after: int | str, key: str) -> str:
+        how = f" ({getattr(cfg, key)})" if cfg is not None and before != after else ""
+        return f"{name}{how}: {before} -> {after}"
+
+    dropped = [i for i in range(kept.num_layers) if i not in kept.kept_layers]
+    lines = [f"decoder prune ({shape.model_type})",
+             stage("layers", shape.num_layers, sizes["num_hidden_layers"], "layer_importance")
+             + f"; kept {list(kept.kept_layers)}, dropped {dropped}"]
+    if scores is not None and scores.layer is not None:
+        lines.append("  angular distance per layer: "
+                     + " ".join(f"{i}:{float(s):.4f}" for i, s in enumerate(scores.layer)))
+    per_group = sizes["num_attention_heads"] // sizes["num_key_value_heads"]
+    lines.append(stage("query heads / KV heads per layer", f"{shape.num_heads}/{shape.num_kv_heads}",
+                       f"{sizes['num_attention_heads']}/{sizes['num_key_value_heads']}", "head_importance")
+                 + f" ({per_group} query heads per group, head_dim {shape.head_dim})")
+    if (sizes["num_attention_heads"], sizes["num_key_value_heads"]) != (shape.num_heads, shape.num_kv_heads):
+        lines += [f"  layer {i}: KV groups {list(groups)}, query heads {list(heads)}"
+                  for i, groups, heads in zip(kept.kept_layers, kept.groups, kept.heads)]
+    lines.append(stage("SwiGLU channels per layer", shape.intermediate_size, sizes["intermediate_size"],
+                       "channel_importance"))
+    (t0, t1), (l0, l1) = counts["total"], counts["layers"]
+    lines += [f"decoder-layer params: {l0:,} -> {l1:,} (ratio {l1 / l0:.3f})",
+              f"all params: {t0:,} -> {t1:,} (ratio {t1 / t0:.3f})"]
+    return "\n".join(lines)
+
+
+# ---------------------------------------------------------------------------------------------- cut
+
+def apply(model: nn.Module, kept: DecoderPrunePlan) -> nn.Module:
+    """Cut ``model`` in place to what ``kept`` keeps and rewrite its config; returns the model."""
+    shape = decoder_shape(model)
+    if getattr(model.config, "is_heterogeneous", False):
+        raise DecoderError("[decoder prune] the config has per_layer_config (per-layer sizes); uniform pruning "
+                           "would overwrite them. Fix: prune a checkpoint with a uniform config.")
+    kept.check(shape)
+    dh, layers = shape.head_dim, decoder_layers(model)
+    _check_config_loads(model.config, kept.sizes, dh, "the plan")  # before anything is cut
+    for i, groups, heads, channels in zip(kept.kept_layers, kept.groups, kept.heads, kept.channels):
+        attn, mlp = layers[i].self_attn, layers[i].mlp
+        q_rows, kv_rows, chan = _rows(heads, dh), _rows(groups, dh), torch.tensor(channels)
+        attn.q_proj = _slice_linear(attn.q_proj, q_rows, 0)
+        attn.k_proj = _slice_linear(attn.k_proj, kv_rows, 0)
+        attn.v_proj = _slice_linear(attn.v_proj, kv_rows, 0)
+        attn.o_proj = _slice_linear(attn.o_proj, q_rows, 1)
+        # what the attention forward reads from the module, not the config
+        attn.head_dim = dh
+        attn.num_key_value_groups = len(heads) // len(groups)
+        for name, value in (("num_heads", len(heads)), ("num_key_value_heads", len(groups))):
+            if hasattr(attn, name):  # older transformers cached these too
+                setattr(attn, name, value)
+        mlp.gate_proj = _slice_linear(mlp.gate_proj, chan, 0)
+        mlp.up_proj = _slice_linear(mlp.up_proj, chan, 0)
+        mlp.down_proj = _slice_linear(mlp.down_proj, chan, 1)
+        if hasattr(mlp, "intermediate_size"):
+            mlp.intermediate_size = len(channels)
+    remaining = nn.ModuleList([layers[i] for i in kept.kept_layers])
+    for new_index, layer in enumerate(remaining):
+        for module in layer.modules():
+            if hasattr(module, "layer_idx"):  # the KV cache is indexed by layer_idx
+                module.layer_idx = new_index
+    model.model.layers = remaining
+    _rewrite_config(model.config, kept, dh)
+    if hasattr(model.model, "has_sliding_layers"):  # Qwen2Model caches it from layer_types
+        model.model.has_sliding_layers = "sliding_attention" in model.config.layer_types
+    return model
+
+
+def _rewrite_config(config, kept: DecoderPrunePlan, dh: int) -> None:
+    layer_types = getattr(config, "layer_types", None)
+    window = getattr(config, "max_window_layers", None)
+    for key, value in kept.sizes.items():
+        setattr(config, key, value)
+    config.head_dim = dh  # explicit: hidden_size / num_attention_heads no longer gives it
+    if layer_types is not None:
+        config.layer_types = [layer_types[i] for i in kept.kept_layers]
+    if window is not None:  # layers numbered >= max_window_layers use the sliding window
+        config.max_window_layers = sum(i < window for i in kept.kept_layers)
+
+
+# ---------------------------------------------------------------------------------------------- entry points
+
+@dataclass(frozen=True)
+class DecoderPruneReport:
+    plan: DecoderPrunePlan
+    scores: DecoderScores
+    params: tuple[int, int]          # all parameters, before and after
+    layer_params: tuple[int, int]    # decoder layers only
+    text: str
+
+    def __str__(self) -> str:
+        return self.text
+
+
+def prune_decoder(model: nn.Module, cfg: DecoderPruneConfig, batches: Batches | None = None,
+                  dry_run: bool = False) -> tuple[nn.Module, DecoderPruneReport]:
+    """Score, plan and cut ``model`` in place; returns (model, report). ``dry_run`` plans only."""
+    cfg.check(decoder_shape(model))
+    scores = compute_scores(model, cfg, batches)
+    kept = plan(model, cfg, scores)
+    counts, text = param_counts(kept, model), format_plan(kept, model, scores, cfg)
+    if not dry_run:
+        apply(model, kept)
+        actual = sum(p.numel() for p in model.parameters())
+        if actual != counts["total"][1]:
+            raise DecoderError(f"[decoder prune] the cut model has {actual:,} parameters, the plan said "
+                               f"{counts['total'][1]:,}. This is a bug in edgekit.decoder.prune.")
+    return model, DecoderPruneReport(plan=kept, scores=scores, params=counts["total"],
+                                     layer_params=counts["layers"], text=text)
+
+
+def save_pruned_decoder(model: nn.Module, tokenizer, directory: str | Path) -> Path:
+    """``save_pretrained`` of model and tokenizer: a directory plain ``from_pretrained`` loads."""
+    directory = Path(directory)
+    model.save_pretrained(directory)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(directory)
+    return directory
