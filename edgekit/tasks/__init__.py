@@ -5,9 +5,10 @@ from __future__ import annotations
 from edgekit_runtime.errors import EdgekitError
 
 from .base import ExportIO, TaskAdapter
+from .causal_lm import CausalLM
 from .sequence_classification import SequenceClassification
 
-TASKS: dict[str, TaskAdapter] = {SequenceClassification.name: SequenceClassification()}
+TASKS: dict[str, TaskAdapter] = {SequenceClassification.name: SequenceClassification(), CausalLM.name: CausalLM()}
 
 
 def get_task(name: str) -> TaskAdapter:

@@ -1,0 +1,479 @@
+"""The KV-cache decoder graph of docs/decoder.md: a plain-torch forward, its opset-13 export, and its
+validation against the transformers model with its own cache.
+
+``ExportableDecoder`` re-implements a Qwen2 / Llama forward so the traced graph is the contract's
+(one graph for prefill and decode, ``present = concat(past, new)``) and stays lean for ORT CPU:
+RoPE cos/sin and the mask are computed once per forward and shared by all layers, the attention
+scale is folded into the query's cos/sin, and grouped-query attention folds the query groups into
+the matmul's row dimension rather than copying every KV head ``num_heads / num_kv_heads`` times
+(that copy would move the whole cache several times per layer per token). Every Linear is the
+model's own submodule, so QAT's QuantLinear exports as QuantizeLinear/DequantizeLinear.
+"""
+
+from __future__ import annotations
+
+import math
+import tempfile
+import warnings
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .arch import DecoderError, decoder_shape
+
+OPSET = 13
+MASK_FILL = -65504.0                       # float16's lowest: an fp16 engine cannot overflow to -inf
+EXTERNAL_DATA_BYTES = 2_000_000_000        # weights over this go to model.onnx.data (protobuf stops at 2 GiB)
+STATIC_ROPE = ("default", "linear", "llama3", "yarn")  # inv_freq does not depend on the sequence length
+TOKEN_DTYPES = {"int64": torch.int64, "int32": torch.int32}
+_NP_TOKEN = {"tensor(int64)": np.int64, "tensor(int32)": np.int32}
+
+
+class DecoderValidationError(DecoderError):
+    """The exported decoder graph does not match the transformers model within tolerance."""
+
+
+# ----------------------------------------------------------------------------------- graph I/O
+
+def past_names(num_layers: int) -> list[str]:
+    return [f"past_key_values.{i}.{kv}" for i in range(num_layers) for kv in ("key", "value")]
+
+
+def present_names(num_layers: int) -> list[str]:
+    return [f"present.{i}.{kv}" for i in range(num_layers) for kv in ("key", "value")]
+
+
+def decoder_io(model_or_config):
+    """The contract's input/output names and dynamic axes (an ``edgekit.tasks.ExportIO``)."""
+    from ..tasks.base import ExportIO
+
+    layers = decoder_shape(model_or_config).num_layers
+    axes: dict[str, dict[int, str]] = {"input_ids": {0: "batch", 1: "sequence"},
+                                       "attention_mask": {0: "batch", 1: "total_sequence"},
+                                       "position_ids": {0: "batch", 1: "sequence"},
+                                       "logits": {0: "batch", 1: "sequence"}}
+    axes.update({name: {0: "batch", 2: "past_sequence"} for name in past_names(layers)})
+    axes.update({name: {0: "batch", 2: "total_sequence"} for name in present_names(layers)})
+    return ExportIO(input_names=("input_ids", "attention_mask", "position_ids", *past_names(layers)),
+                    output_names=("logits", *present_names(layers)), dynamic_axes=axes)
+
+
+def empty_past(model_or_config, batch: int) -> dict[str, np.ndarray]:
+    """Prefill's past feeds: float32 zeros of shape (batch, H_kv, 0, D) for every layer."""
+    shape = decoder_shape(model_or_config)
+    zeros = np.zeros((batch, shape.num_kv_heads, 0, shape.head_dim), dtype=np.float32)
+    return {name: zeros for name in past_names(shape.num_layers)}
+
+
+def position_ids_from_mask(attention_mask, sequence: int | None = None):
+    """Per row ``cumsum(mask) - 1`` clipped at 0, for the last ``sequence`` columns (all by default).
+
+    Takes and returns numpy arrays or torch tensors alike (left padding: a row's first real token is 0).
+    """
+    if isinstance(attention_mask, torch.Tensor):
+        pos = (attention_mask.long().cumsum(-1) - 1).clamp(min=0)
+    else:
+        pos = np.maximum(np.asarray(attention_mask).astype(np.int64).cumsum(-1) - 1, 0)
+    return pos if sequence is None else pos[:, pos.shape[1] - sequence:]
+
+
+# ------------------------------------------------------------------------------ what we refuse
+
+def _rope_parameters(config) -> dict[str, Any]:
+    params = getattr(config, "rope_parameters", None)
+    if params and "full_attention" in params:  # per-layer-type RoPE: Qwen2/Llama have one kind of layer
+        params = params["full_attention"]
+    return dict(params or {"rope_type": "default", "rope_theta": getattr(config, "rope_theta", 10000.0)})
+
+
+def check_exportable(model: nn.Module) -> None:
+    """Raise a DecoderError naming value, reason and fix for what the KV-cache graph cannot express.
+
+    The model's attention implementation is not checked here: the graph re-implements attention (eager
+    semantics); validate_decoder checks that the reference it compares against runs a CPU one.
+    """
+    config = model.config
+    shape = decoder_shape(config)
+    act = getattr(config, "hidden_act", "silu")
+    if act not in ("silu", "swish"):
+        raise DecoderError(f"hidden_act={act!r}: the decoder graph implements SwiGLU with SiLU only. Fix: use a "
+                           f"Qwen2/Llama checkpoint with hidden_act='silu'.")
+    rope_type = _rope_parameters(config).get("rope_type", "default")
+    if rope_type not in STATIC_ROPE:
+        raise DecoderError(f"rope_parameters.rope_type={rope_type!r}: its frequencies change with the sequence "
+                           f"length, which one static graph cannot follow; supported: {list(STATIC_ROPE)}. Fix: "
+                           f"use a checkpoint with one of those, or set rope_type to 'default' if the model was "
+                           f"not trained with long-context scaling.")
+    window = getattr(config, "sliding_window", None)
+    sliding = [i for i, kind in enumerate(getattr(config, "layer_types", None) or []) if kind == "sliding_attention"]
+    limit = getattr(config, "max_position_embeddings", None)
+    if sliding and window is not None and (limit is None or window < limit):
+        raise DecoderError(f"sliding_window={window} is used by layers {sliding[:6]}{'...' if len(sliding) > 6 else ''}"
+                           f" (use_sliding_window={getattr(config, 'use_sliding_window', None)}); the KV-cache "
+                           f"graph implements full causal attention only. Fix: set config.use_sliding_window=False "
+                           f"if the model was trained without it (DeepSeek-R1-Distill-Qwen ships it off).")
+    if getattr(config, "pretraining_tp", 1) not in (None, 1):
+        raise DecoderError(f"pretraining_tp={config.pretraining_tp}: split Linears are not exported. Fix: set "
+                           f"config.pretraining_tp=1 (the weights are the same).")
+    dtype = next(model.parameters()).dtype
+    if dtype != torch.float32:
+        raise DecoderError(f"model dtype {dtype}: the graph contract is float32 (past/present and logits). Fix: "
+                           f"export model.float(); half precision is the device engine's choice, not the graph's.")
+    for i, layer in enumerate(model.model.layers):
+        kv = layer.self_attn.k_proj.out_features // shape.head_dim
+        if kv != shape.num_kv_heads or layer.self_attn.q_proj.out_features % (kv * shape.head_dim):
+            raise DecoderError(f"layer {i} has {kv} KV heads (config: {shape.num_kv_heads}) or a query width not "
+                               f"a multiple of its KV width; the contract's past/present tensors are uniform over "
+                               f"layers. Fix: prune KV heads uniformly (query heads may vary per layer).")
+
+
+def rope_inverse_frequencies(model: nn.Module) -> tuple[torch.Tensor, float]:
+    """``(inv_freq, attention_scaling)`` from transformers' own RoPE init, as the model's rotary embedding
+    picks it (the 'default' one lives on the rotary class, the others in ROPE_INIT_FUNCTIONS)."""
+    from transformers.modeling_rope_utils import ROPE_INIT_FUNCTIONS
+
+    rope_type = _rope_parameters(model.config).get("rope_type", "default")
+    rotary = getattr(model.model, "rotary_emb", None)
+    init = ROPE_INIT_FUNCTIONS.get(rope_type)
+    if rope_type == "default":
+        init = getattr(rotary, "compute_default_rope_parameters", None)
+    if init is None:
+        raise DecoderError(f"rope_type={rope_type!r}: this transformers version has no init function for it. "
+                           f"Fix: use a model whose rope_type is one of {list(STATIC_ROPE)}.")
+    inv_freq, scaling = init(model.config)
+    return inv_freq.float(), float(scaling)
+
+
+# ---------------------------------------------------------------------------- the graph itself
+
+def _rms_norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    # Pow -> ReduceMean -> Add -> Sqrt -> Div -> Mul: the pattern ORT fuses into one SimplifiedLayerNormalization
+    return (x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)) * norm.weight
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor, half: int) -> torch.Tensor:
+    # rotate_half(x) * sin == cat(x2, x1) * cat(-sin, sin): no Neg per layer. ``half`` is a Python int
+    # (head_dim / 2) so the Slices get constant bounds rather than a Shape computation.
+    return x * cos + torch.cat((x[..., half:], x[..., :half]), dim=-1) * sin_signed
+
+
+class _TiedLogits(torch.autograd.Function):
+    """``hidden @ embedding.T`` exported as Gemm(transB=1) on the embedding initializer itself: the
+    exporter writes Linear as MatMul on a constant-folded transposed copy, which would store the
+    vocabulary matrix twice (hundreds of MB for a 150k vocabulary)."""
+
+    @staticmethod
+    def forward(ctx, hidden, weight, width):
+        return nn.functional.linear(hidden, weight)
+
+    @staticmethod
+    def symbolic(g, hidden, weight, width):
+        flat = g.op("Reshape", hidden, g.op("Constant", value_t=torch.tensor([-1, width])))
+        logits = g.op("Gemm", flat, weight, transB_i=1)
+        rows = g.op("Slice", g.op("Shape", hidden), g.op("Constant", value_t=torch.tensor([0])),
+                    g.op("Constant", value_t=torch.tensor([2])), g.op("Constant", value_t=torch.tensor([0])))
+        shape = g.op("Concat", rows, g.op("Constant", value_t=torch.tensor([-1])), axis_i=0)
+        return g.op("Reshape", logits, shape)
+
+
+class ExportableDecoder(nn.Module):
+    """forward(input_ids, attention_mask, position_ids, *past) -> (logits, *present), per docs/decoder.md.
+
+    ``past`` is flat (k0, v0, k1, v1, ...), each (batch, H_kv, past_sequence, D); int32 or int64 ids.
+    """
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        check_exportable(model)
+        self.model = model
+        self.shape = decoder_shape(model)
+        inv_freq, self.attention_scaling = rope_inverse_frequencies(model)
+        self.register_buffer("inv_freq", inv_freq, persistent=False)
+        self.register_buffer("mask_fill", torch.tensor(MASK_FILL), persistent=False)
+        self.query_scale = self.shape.head_dim ** -0.5
+        # query heads per KV head, per layer (pruning may leave layers with different query heads)
+        self.groups = [layer.self_attn.q_proj.out_features // (self.shape.num_kv_heads * self.shape.head_dim)
+                       for layer in model.model.layers]
+
+    def _rope(self, position_ids: torch.Tensor):
+        """cos and signed sin, (B, S, 1, D), for keys and (attention scale folded in) for queries."""
+        freqs = position_ids.float().unsqueeze(-1) * self.inv_freq
+        cos, sin = freqs.cos(), freqs.sin()
+        cos, sin = torch.cat((cos, cos), -1).unsqueeze(2), torch.cat((-sin, sin), -1).unsqueeze(2)
+        if self.attention_scaling != 1.0:
+            cos, sin = cos * self.attention_scaling, sin * self.attention_scaling
+        return (cos * self.query_scale, sin * self.query_scale), (cos, sin)
+
+    @staticmethod
+    def _allowed(attention_mask: torch.Tensor, sequence: int) -> torch.Tensor:
+        """(B, 1, S, T) bool: key j is a real token at or before query i's absolute index T - S + i."""
+        total = attention_mask.shape[1]
+        query = torch.arange(sequence) + (total - sequence)
+        causal = torch.arange(total).unsqueeze(0) <= query.unsqueeze(1)
+        return (causal.unsqueeze(0) & attention_mask.bool().unsqueeze(1)).unsqueeze(1)
+
+    def _attention(self, attn: nn.Module, group: int, x, rope_q, rope_k, allowed, past_key, past_value, batch, seq):
+        kv, dim = self.shape.num_kv_heads, self.shape.head_dim
+        q = _rotate(attn.q_proj(x).view(batch, seq, kv * group, dim), *rope_q, dim // 2)   # (B, S, H, D)
+        k = _rotate(attn.k_proj(x).view(batch, seq, kv, dim), *rope_k, dim // 2)           # (B, S, Hkv, D)
+        v = attn.v_proj(x).view(batch, seq, kv, dim)
+        key = torch.cat((past_key, k.transpose(1, 2)), 2)                        # (B, Hkv, T, D)
+        value = torch.cat((past_value, v.transpose(1, 2)), 2)
+        # GQA without repeating KV: query head h = kv_head * group + g; rows of KV head kv_head are (g, s)
+        q = q.view(batch, seq, kv, group, dim).permute(0, 2, 3, 1, 4).reshape(batch, kv, group * seq, dim)
+        scores = torch.matmul(q, key.transpose(2, 3)).view(batch, kv, group, seq, -1)   # (B, Hkv, G, S, T)
+        scores = torch.where(allowed, scores, self.mask_fill)
+        probs = torch.softmax(scores, dim=-1).view(batch, kv, group * seq, -1)
+        out = torch.matmul(probs, value).view(batch, kv, group, seq, dim).permute(0, 3, 1, 2, 4)
+        return attn.o_proj(out.reshape(batch, seq, kv * group * dim)), key, value
+
+    def forward(self, input_ids, attention_mask, position_ids, *past):
+        inner = self.model.model
+        if len(past) != 2 * len(inner.layers):
+            raise DecoderError(f"got {len(past)} past tensors for {len(inner.layers)} layers. Fix: pass "
+                               f"(key, value) per layer, flat, as empty_past() builds them.")
+        batch, seq = input_ids.shape[0], input_ids.shape[1]   # read once: one Shape for all layers' Reshapes
+        hidden = inner.embed_tokens(input_ids)
+        rope_q, rope_k = self._rope(position_ids)
+        allowed = self._allowed(attention_mask, seq).unsqueeze(1)   # (B, 1, 1, S, T)
+        present = []
+        for i, layer in enumerate(inner.layers):
+            x = _rms_norm(layer.input_layernorm, hidden)
+            out, key, value = self._attention(layer.self_attn, self.groups[i], x, rope_q, rope_k, allowed,
+                                              past[2 * i], past[2 * i + 1], batch, seq)
+            hidden = hidden + out
+            mlp, x = layer.mlp, _rms_norm(layer.post_attention_layernorm, hidden)
+            gate = mlp.gate_proj(x)
+            hidden = hidden + mlp.down_proj(gate * torch.sigmoid(gate) * mlp.up_proj(x))
+            present += [key, value]
+        hidden = _rms_norm(inner.norm, hidden)
+        head = self.model.lm_head
+        if type(head) is nn.Linear and head.bias is None and head.weight is inner.embed_tokens.weight:
+            logits = _TiedLogits.apply(hidden, head.weight, head.in_features)
+        else:  # untied, or a QuantLinear lm_head: the module itself
+            logits = head(hidden)
+        return (logits, *present)
+
+
+# ----------------------------------------------------------------------------------- export
+
+def _example_inputs(shape, batch: int, dtype: torch.dtype, past: int = 3, seq: int = 2) -> tuple:
+    """Sizes all distinct from each other so the tracer cannot tie one dynamic axis to another."""
+    gen = torch.Generator().manual_seed(0)
+    ids = torch.randint(0, shape.vocab_size, (batch, seq), generator=gen, dtype=torch.int64)
+    mask = torch.ones(batch, past + seq, dtype=torch.int64)
+    mask[0, :1] = 0  # one left-padded row
+    pos = position_ids_from_mask(mask, seq)
+    kv = [torch.randn(batch, shape.num_kv_heads, past, shape.head_dim, generator=gen)
+          for _ in range(2 * shape.num_layers)]
+    return (ids.to(dtype), mask.to(dtype), pos.to(dtype), *kv)
+
+
+def _declare_io_shapes(graph, shape) -> None:
+    """Write the contract's shapes on every graph input and output (the exporter cannot infer the
+    vocabulary dim through the tied-logits Gemm)."""
+    kv = ["batch", shape.num_kv_heads, None, shape.head_dim]
+    dims = {"input_ids": ["batch", "sequence"], "attention_mask": ["batch", "total_sequence"],
+            "position_ids": ["batch", "sequence"], "logits": ["batch", "sequence", shape.vocab_size]}
+    for value in [*graph.graph.input, *graph.graph.output]:
+        if value.name.startswith(("past_key_values.", "present.")):
+            wanted = kv[:2] + ["past_sequence" if value.name.startswith("past") else "total_sequence"] + kv[3:]
+        else:
+            wanted = dims[value.name]
+        target = value.type.tensor_type.shape
+        del target.dim[:]
+        for d in wanted:
+            dim = target.dim.add()
+            if isinstance(d, str):
+                dim.dim_param = d
+            else:
+                dim.dim_value = d
+
+
+def _initializer_bytes(model) -> int:
+    import onnx
+
+    total = 0
+    for t in model.graph.initializer:
+        total += onnx.helper.tensor_dtype_to_np_dtype(t.data_type).itemsize * math.prod(t.dims)
+    return total
+
+
+def check_decoder_file(path: str | Path, opset: int = OPSET):
+    """Full onnx.checker (external data included), standard domain only, the opset asked for."""
+    import onnx
+
+    from ..export.onnx_export import ExportError
+
+    try:
+        onnx.checker.check_model(str(path), full_check=True)
+    except onnx.checker.ValidationError as exc:
+        raise ExportError(f"{path}: onnx.checker (full_check) failed: {exc}. Fix: report this graph; the decoder "
+                          f"exporter produced an invalid model.") from None
+    model = onnx.load(str(path), load_external_data=False)
+    opsets = {op.domain: op.version for op in model.opset_import}
+    odd = sorted({n.domain for n in model.graph.node} - {"", "ai.onnx"})
+    if odd or opsets.get("", opsets.get("ai.onnx")) != opset:
+        raise ExportError(f"{path}: opsets {opsets}, node domains {odd}; the decoder contract is standard-domain "
+                          f"opset {opset} only. Fix: report this graph (an exporter or QAT symbolic changed).")
+    return model
+
+
+def export_decoder(model: nn.Module, path: str | Path, *, opset: int = OPSET, token_dtype: str = "int64",
+                   example_batch: int = 2, external_data_threshold: int = EXTERNAL_DATA_BYTES) -> Path:
+    """Export the KV-cache graph of docs/decoder.md to ``path`` (legacy exporter; checked).
+
+    ``token_dtype`` types input_ids / attention_mask / position_ids; weights over
+    ``external_data_threshold`` bytes go to ``<name>.data`` beside ``path``.
+    """
+    import onnx
+
+    if token_dtype not in TOKEN_DTYPES:
+        raise DecoderError(f"token_dtype={token_dtype!r} is not a graph id type. Fix: use one of {list(TOKEN_DTYPES)}.")
+    if opset < OPSET:
+        raise DecoderError(f"opset={opset}: the decoder contract is opset {OPSET} (per-channel "
+                           f"QuantizeLinear for QAT Linears needs it). Fix: use opset={OPSET}.")
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    was_training = model.training
+    wrapper = ExportableDecoder(model).eval()
+    io = decoder_io(model)
+    args = _example_inputs(wrapper.shape, example_batch, TOKEN_DTYPES[token_dtype])
+    try:
+        # A temporary folder: a >2 GiB export makes torch write one file per tensor beside the graph.
+        with tempfile.TemporaryDirectory(dir=path.parent, prefix=".export-") as tmp:
+            raw = Path(tmp) / "model.onnx"
+            with warnings.catch_warnings(), torch.no_grad():
+                warnings.simplefilter("ignore")  # TracerWarnings on Python ints taken from shapes
+                torch.onnx.export(wrapper, args, str(raw), dynamo=False, opset_version=opset,
+                                  input_names=list(io.input_names), output_names=list(io.output_names),
+                                  dynamic_axes=io.dynamic_axes, do_constant_folding=True)
+            graph = onnx.load(str(raw))
+    finally:
+        model.train(was_training)
+    _declare_io_shapes(graph, wrapper.shape)
+    data = path.with_name(path.name + ".data")
+    data.unlink(missing_ok=True)
+    if _initializer_bytes(graph) > external_data_threshold:
+        onnx.save_model(graph, str(path), save_as_external_data=True, all_tensors_to_one_file=True,
+                        location=data.name, size_threshold=1024)
+    else:
+        onnx.save_model(graph, str(path))
+    check_decoder_file(path, opset)
+    return path
+
+
+# -------------------------------------------------------------------------------- validation
+
+def _cache_kwarg(model) -> str:
+    import inspect
+
+    params = inspect.signature(model.forward).parameters
+    return "cache" if "cache" in params else "past_key_values"
+
+
+def _cache_tensors(cache) -> list[torch.Tensor]:
+    """Flat (k0, v0, k1, v1, ...) of a transformers cache (DynamicCache layers or legacy tuples)."""
+    if hasattr(cache, "layers"):
+        return [t for layer in cache.layers for t in (layer.keys, layer.values)]
+    return [t for pair in cache for t in pair[:2]]
+
+
+def _session(onnx_path, providers, threads):
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    if threads:
+        options.intra_op_num_threads = threads
+        options.inter_op_num_threads = 1
+    return ort.InferenceSession(str(onnx_path), options, providers=list(providers))
+
+
+def _max_diff(onnx_out: np.ndarray, ref: np.ndarray, keep: np.ndarray, what: str, problems: list[str]) -> float:
+    """max |onnx - ref| where ``keep`` (broadcast) holds; a shape difference is a problem of its own."""
+    if onnx_out.shape != ref.shape:
+        problems.append(f"{what}: shape {onnx_out.shape} from ONNX, {ref.shape} from transformers")
+        return float("inf")
+    diff = np.abs(onnx_out - ref)[np.broadcast_to(keep, onnx_out.shape)]
+    return float(diff.max()) if diff.size else 0.0  # NaN stays NaN and fails the tolerance
+
+
+@torch.no_grad()
+def validate_decoder(model: nn.Module, onnx_path: str | Path, *, input_ids=None, attention_mask=None,
+                     prompts: Sequence[str] | None = None, tokenizer=None, decode_steps: int = 4, atol: float = 1e-4,
+                     providers: Sequence[str] = ("CPUExecutionProvider",), threads: int | None = None
+                     ) -> dict[str, float]:
+    """ONNX against ``model`` with its own KV cache: a left-padded prefill, then greedy decode steps.
+
+    Give token ids (``input_ids`` + ``attention_mask``, left padded) or ``prompts`` + ``tokenizer``.
+    Both sides are fed the transformers model's greedy tokens; logits are compared at real (unpadded)
+    positions, present K/V at real key positions. Returns the max abs differences and the greedy
+    agreement; raises DecoderValidationError when a difference exceeds ``atol`` or a shape differs.
+    """
+    impl = getattr(model.config, "_attn_implementation", "eager")
+    if impl not in (None, "eager", "sdpa"):
+        raise DecoderError(f"attn_implementation={impl!r}: the reference must run on CPU with padding masks. Fix: "
+                           f"load the model with attn_implementation='eager' (the causal-lm adapter does).")
+    if input_ids is None:
+        if prompts is None or tokenizer is None:
+            raise DecoderError("validate_decoder got neither input_ids nor prompts + tokenizer. Fix: pass one.")
+        if tokenizer.padding_side != "left":
+            raise DecoderError(f"tokenizer.padding_side={tokenizer.padding_side!r}; the decoder contract pads on "
+                               f"the left. Fix: set tokenizer.padding_side = 'left'.")
+        enc = tokenizer(list(prompts), padding=True, return_tensors="pt")
+        input_ids, attention_mask = enc["input_ids"], enc["attention_mask"]
+    input_ids = torch.as_tensor(input_ids, dtype=torch.long)
+    mask = torch.ones_like(input_ids) if attention_mask is None else torch.as_tensor(attention_mask).long()
+    if bool((mask[:, -1] == 0).any()):
+        raise DecoderError("attention_mask has padding in its last column: the batch is right padded. Fix: pad on "
+                           "the left (tokenizer.padding_side = 'left').")
+
+    session = _session(onnx_path, providers, threads)
+    token_np = _NP_TOKEN[session.get_inputs()[0].type]
+    names = [o.name for o in session.get_outputs()]
+    cache_kw = _cache_kwarg(model)
+    was_training = model.training
+    model.eval()
+    problems: list[str] = []
+    figures = {"prefill_logits": 0.0, "decode_logits": 0.0, "present": 0.0}
+    agree = total = 0
+    try:
+        ids, past, cache = input_ids, empty_past(model, input_ids.shape[0]), None
+        for step in range(decode_steps + 1):
+            pos = position_ids_from_mask(mask, ids.shape[1])
+            out = model(input_ids=ids, attention_mask=mask, position_ids=pos, use_cache=True, **{cache_kw: cache})
+            cache = out.cache if getattr(out, "cache", None) is not None else out.past_key_values
+            feeds = {"input_ids": ids.numpy().astype(token_np), "attention_mask": mask.numpy().astype(token_np),
+                     "position_ids": pos.numpy().astype(token_np), **past}
+            results = dict(zip(names, session.run(None, feeds)))
+            real = mask[:, -ids.shape[1]:].bool().numpy()[:, :, None]        # query rows that are tokens
+            keys_real = mask.bool().numpy()[:, None, :, None]                 # cache rows that are tokens
+            key = "prefill_logits" if step == 0 else "decode_logits"
+            ref_logits = out.logits.float().numpy()
+            diff = _max_diff(results["logits"], ref_logits, real, f"step {step} logits", problems)
+            figures[key] = float(np.maximum(figures[key], diff))  # np.maximum keeps a NaN
+            for name, ref in zip(names[1:], _cache_tensors(cache)):
+                diff = _max_diff(results[name], ref.numpy(), keys_real, f"step {step} {name}", problems)
+                figures["present"] = float(np.maximum(figures["present"], diff))
+            ref_next, onnx_next = ref_logits[:, -1].argmax(-1), results["logits"][:, -1].argmax(-1)
+            agree, total = agree + int((ref_next == onnx_next).sum()), total + len(ref_next)
+            ids = torch.from_numpy(ref_next).long().unsqueeze(1)
+            mask = torch.cat((mask, torch.ones_like(ids)), 1)
+            past = {name.replace("present", "past_key_values"): results[name] for name in names[1:]}
+    finally:
+        model.train(was_training)
+    figures["greedy_agreement"] = agree / total
+    for name in ("prefill_logits", "decode_logits", "present"):
+        if not figures[name] <= atol:
+            problems.append(f"{name}: max |diff| {figures[name]:.3g} > atol {atol:g}")
+    if problems:
+        raise DecoderValidationError(f"{onnx_path}: the decoder graph does not match the transformers model "
+                                     f"(prefill + {decode_steps} decode steps, batch {input_ids.shape[0]}, left "
+                                     f"padded): {'; '.join(problems)}; greedy agreement "
+                                     f"{figures['greedy_agreement']:.2%}. Fix: re-export from the same model; if it "
+                                     f"persists, report the model config (a RoPE, mask or bias difference).")
+    return figures
