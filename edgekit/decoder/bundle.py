@@ -17,47 +17,10 @@ import onnx
 
 from .. import __version__
 from ..bundle import MODEL_FILE, TOKENIZER_FILE, _io_spec, _tokenizer_json
+from ..tasks.causal_lm import causal_lm_task_section
 from .arch import DecoderError, decoder_shape
 
 EXTERNAL_DATA_FILE = MODEL_FILE + ".data"  # what export writes for models over 2 GB
-THINK = ("<think>", "</think>")
-GENERATION_DEFAULTS = {"max_new_tokens": 256, "do_sample": False, "temperature": 1.0, "top_k": 0, "top_p": 1.0}
-
-
-def _single_token(tokenizer, text: str) -> int | None:
-    ids = tokenizer.convert_tokens_to_ids(text)
-    unk = getattr(tokenizer, "unk_token_id", None)
-    return ids if isinstance(ids, int) and ids != unk and ids is not None else None
-
-
-def eos_token_ids(model, tokenizer) -> list[int]:
-    """Every id that ends generation: the tokenizer's eos and the generation config's (R1 lists several)."""
-    ids: set[int] = set()
-    if tokenizer.eos_token_id is not None:
-        ids.add(int(tokenizer.eos_token_id))
-    gen = getattr(model, "generation_config", None)
-    value = getattr(gen, "eos_token_id", None)
-    ids.update(int(v) for v in (value if isinstance(value, (list, tuple)) else [value]) if v is not None)
-    if not ids:
-        raise DecoderError("the tokenizer and the generation config name no eos token, so generation could only stop "
-                           "at max_new_tokens. Fix: set tokenizer.eos_token (or generation_config.eos_token_id).")
-    return sorted(ids)
-
-
-def task_section(model, tokenizer, *, max_context: int, generation: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The manifest's ``task`` for a causal LM (docs/decoder.md)."""
-    shape = decoder_shape(model)
-    think_ids = [_single_token(tokenizer, t) for t in THINK]
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos_token_ids(model, tokenizer)[0]
-    return {"name": "causal-lm", "num_layers": shape.num_layers, "num_key_value_heads": shape.num_kv_heads,
-            "head_dim": shape.head_dim, "vocab_size": shape.vocab_size, "max_context": int(max_context),
-            "eos_token_ids": eos_token_ids(model, tokenizer), "pad_token_id": int(pad),
-            "bos_token_id": None if tokenizer.bos_token_id is None else int(tokenizer.bos_token_id),
-            "chat_template": tokenizer.chat_template if isinstance(tokenizer.chat_template, str) else None,
-            "think": ({"start": THINK[0], "end": THINK[1]} if all(i is not None for i in think_ids) else None),
-            "generation": {**GENERATION_DEFAULTS, **(generation or {})}}
-
-
 def decoder_engine_plan(profile, graph_inputs: list[str], shape, *, precision: str, max_context: int) -> dict[str, Any] | None:
     """TensorRT shapes: tokens (batch, sequence), the mask over past + new, and past KV (batch, H_kv, past, D).
 
@@ -111,17 +74,17 @@ def write_decoder_bundle(model, tokenizer, onnx_path: str | Path, out_dir: str |
         files[EXTERNAL_DATA_FILE] = data
     graph = onnx.load(str(onnx_path), load_external_data=False)
     shape = decoder_shape(model)
+    task = causal_lm_task_section(tokenizer, model, max_context=max_context, generation=generation)
     manifest = {
         "edgekit_version": __version__,
         "created_utc": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
         "host": {"python": platform.python_version(), "machine": platform.machine()},
         "profile": {"name": profile.name, "sha256": profile.sha256, "data": profile.to_dict()},
-        "task": task_section(model, tokenizer, max_context=max_context, generation=generation),
+        "task": task,
         "model": {"file": MODEL_FILE, "precision": precision, "int8": dict(int8) if int8 else None,
                   "opset": profile.opset, "rewrite_rules": list(rewrite_rules), **_io_spec(onnx_path)},
         "tokenizer": {"file": TOKENIZER_FILE, "max_length": int(max_context),
-                      "pad_token_id": int(tokenizer.pad_token_id if tokenizer.pad_token_id is not None
-                                          else eos_token_ids(model, tokenizer)[0]),
+                      "pad_token_id": task["pad_token_id"],
                       "padding_side": "left", "truncation_side": "left"},
         "engine_plan": decoder_engine_plan(profile, [i.name for i in graph.graph.input], shape,
                                            precision=precision, max_context=max_context),

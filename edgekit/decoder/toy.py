@@ -50,6 +50,7 @@ def tiny_config(model_type: str = "qwen2", vocab_size: int = 2048, hidden_size: 
     from transformers import LlamaConfig, Qwen2Config
 
     cls = {"qwen2": Qwen2Config, "llama": LlamaConfig}[model_type]
+    extra.setdefault("tie_word_embeddings", False)
     return cls(vocab_size=vocab_size, hidden_size=hidden_size, num_hidden_layers=layers,
                num_attention_heads=heads, num_key_value_heads=kv_heads, intermediate_size=intermediate_size,
-               max_position_embeddings=max_positions, tie_word_embeddings=False, **extra)
+               max_position_embeddings=max_positions, **extra)

@@ -1,0 +1,122 @@
+"""`edgekit compile-lm` end to end on a tiny random Qwen2 teacher: prune, distill, QAT, export,
+validate, bundle; the bundle verifies and its graph runs; the int8 perplexity gate fails on a
+deliberately broken scale; bad flags fail before any training."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import onnx
+import pytest
+import torch
+from click.testing import CliRunner
+from onnx import numpy_helper
+
+from edgekit.cli import main
+from edgekit.decoder.arch import DecoderError
+from edgekit.decoder.toy import tiny_config, train_tokenizer
+
+WORDS = ["the", "cat", "dog", "runs", "sleeps", "fast", "today", "battery", "phone", "is", "good", "bad", "very"]
+
+
+def _texts(n: int, seed: int = 0) -> list[str]:
+    rng = np.random.default_rng(seed)
+    return [" ".join(rng.choice(WORDS, size=int(rng.integers(5, 12)))) + "." for _ in range(n)]
+
+
+@pytest.fixture(scope="module")
+def workspace(tmp_path_factory):
+    from transformers import AutoModelForCausalLM
+
+    root = tmp_path_factory.mktemp("lm")
+    texts = _texts(400)
+    (root / "corpus.txt").write_text("\n".join(texts), encoding="utf-8")
+    tok = train_tokenizer(texts, vocab_size=300)
+    torch.manual_seed(0)
+    model = AutoModelForCausalLM.from_config(tiny_config(vocab_size=len(tok), layers=3), attn_implementation="eager")
+    model.generation_config.eos_token_id = tok.eos_token_id
+    model.save_pretrained(root / "teacher")
+    tok.save_pretrained(root / "teacher")
+    (root / "recipe.toml").write_text(
+        "[data]\nmax_eval = 30\n[finetune]\nsteps = 30\nbatch_size = 8\nlearning_rate = 3e-3\n"
+        "[distill]\nsteps = 20\nbatch_size = 8\n[quantize]\nsteps = 5\nbatch_size = 8\n", encoding="utf-8")
+    return root
+
+
+def _compile(root, *extra):
+    return CliRunner().invoke(main, ["compile-lm", "--profile", "x86-64-cpu", "--teacher", str(root / "teacher"),
+                                     "--data", str(root / "corpus.txt"), "--recipe", str(root / "recipe.toml"),
+                                     "--max-length", "32", "--threads", "1", *extra])
+
+
+@pytest.mark.slow
+def test_compile_lm_int8_student_bundle(workspace):
+    out = workspace / "bundle-int8"
+    result = _compile(workspace, "--layers", "2", "--kv-groups", "1", "--ffn", "64", "--int8", "--out", str(out))
+    assert result.exit_code == 0, result.output
+    import edgekit_runtime
+
+    manifest = edgekit_runtime.verify_bundle(out)
+    assert manifest["task"]["name"] == "causal-lm"
+    assert manifest["task"]["num_layers"] == 2 and manifest["task"]["num_key_value_heads"] == 1
+    assert manifest["model"]["precision"] == "int8" and manifest["model"]["int8"]["format"] == "qdq"
+    figures = manifest["figures"]
+    assert figures["student"]["params"] < figures["teacher"]["params"]
+    # the graph's perplexity is measured through ONNX Runtime and gated against the fp32 student
+    assert figures["graph"]["perplexity_vs_fp32"] <= 1.05
+    assert figures["teacher"]["test_perplexity"] < 300  # the fine-tune learned something (vocab 300)
+    graph = onnx.load(str(out / "model.onnx"))
+    ops = {n.op_type for n in graph.graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    assert {n.domain for n in graph.graph.node} <= {"", "ai.onnx"}
+    names = [p["name"] for p in manifest["pass_log"]]
+    assert names[-4:] == ["export", "check ops", "validate", "evaluate graph"] and "qat int8" in names
+
+
+@pytest.mark.slow
+def test_int8_gate_fails_on_a_broken_scale(workspace, tmp_path):
+    """The gate reads the graph's own perplexity: a QDQ scale blown up 100x fails it with the figures."""
+    from edgekit.decoder.compile import LMState, build_lm_recipe, pass_evaluate_graph
+    from edgekit.decoder.data import load_texts, split_texts
+    from edgekit.profiles import resolve_profile
+    from transformers import AutoTokenizer
+
+    graph = onnx.load(str(workspace / "bundle-int8" / "model.onnx"))
+    # the per-channel scales of the first int8 weights (initializers or Constant nodes, as the exporter wrote them)
+    inits = {i.name: i for i in graph.graph.initializer}
+    constants = {n.output[0]: n for n in graph.graph.node if n.op_type == "Constant"}
+    wanted = {n.input[1] for n in graph.graph.node if n.op_type == "DequantizeLinear"
+              and (n.input[0] in inits or n.input[0] in constants)}
+    broken_count = 0
+    for name in sorted(wanted)[:4]:
+        if name in inits:
+            tensor = inits[name]
+        else:
+            tensor = next(a.t for a in constants[name].attribute if a.name == "value")
+        tensor.CopyFrom(numpy_helper.from_array(numpy_helper.to_array(tensor) * 30, tensor.name))
+        broken_count += 1
+    assert broken_count == 4
+    broken = tmp_path / "model.onnx"
+    onnx.save(graph, str(broken))
+    manifest = json.loads((workspace / "bundle-int8" / "manifest.json").read_text())
+    recipe = build_lm_recipe({"teacher": str(workspace / "teacher"), "max_length": 32})
+    texts, _ = load_texts(workspace / "corpus.txt")
+    tok = AutoTokenizer.from_pretrained(str(workspace / "teacher"))
+    tok.padding_side = "left"
+    state = LMState(recipe=recipe, profile=resolve_profile("x86-64-cpu"), workdir=tmp_path, echo=print,
+                    splits=split_texts(texts), tokenizer=tok, precision="int8", onnx_path=broken,
+                    figures={k: manifest["figures"][k] for k in ("teacher", "student")})
+    with pytest.raises(DecoderError, match="int8 gate"):
+        pass_evaluate_graph(state)
+
+
+def test_bad_flags_fail_before_training(workspace, tmp_path):
+    result = _compile(workspace, "--heads-per-group", "3", "--out", str(tmp_path / "x"))
+    assert result.exit_code == 1 and "heads_per_group_keep = 3" in result.output and "at most 2" in result.output
+    assert "fine-tune teacher" not in result.output  # refused before any training
+    result = _compile(workspace, "--max-context", "4096", "--out", str(tmp_path / "y"))
+    assert result.exit_code == 1 and "max_context 4096" in result.output and "Fix" in result.output
+    result = CliRunner().invoke(main, ["compile-lm", "--profile", "x86-64-cpu", "--teacher", str(tmp_path)])
+    assert result.exit_code == 1 and "config.json" in result.output
+    assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
