@@ -21,14 +21,15 @@ elif _os.environ.get("ORT_DISABLE_TELEMETRY") != "1":
 from .backends import Backend, OrtBackend, select_backend  # noqa: E402
 from .bundle import SCHEMA_VERSION, archive_bundle, read_manifest, verify_bundle, write_bundle  # noqa: E402
 from .errors import BackendError, BundleError, EdgekitError, InputError, ProfileError, SignatureError  # noqa: E402
-from .model import BundleModel, load  # noqa: E402
+from .model import BundleModel, CausalLMModel, load  # noqa: E402
+from .generate import GenerationConfig, GenerationResult, Generator  # noqa: E402
 from .signing import SIGNATURE, sign_bundle, verify_signature  # noqa: E402
 from .profile import DeviceProfile, Tolerance, load_profile_file, profile_from_dict  # noqa: E402
 from .tasks import POSTPROCESSORS  # noqa: E402
 from .tokenizer import TextEncoder  # noqa: E402
 
 __all__ = [
-    "load", "BundleModel",
+    "load", "BundleModel", "CausalLMModel", "GenerationConfig", "GenerationResult", "Generator",
     "SCHEMA_VERSION", "archive_bundle", "read_manifest", "verify_bundle", "write_bundle",
     "SIGNATURE", "sign_bundle", "verify_signature",
     "BackendError", "BundleError", "EdgekitError", "InputError", "ProfileError", "SignatureError",

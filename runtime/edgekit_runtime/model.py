@@ -30,6 +30,7 @@ from .trt_engine import check_engine_plan
 log = logging.getLogger("edgekit_runtime")
 
 SMOKE_TEXT = "edgekit runtime smoke test"
+CAUSAL_LM = "causal-lm"
 
 
 def _safe_members(tar: tarfile.TarFile, archive: Path) -> list[tarfile.TarInfo]:
@@ -220,13 +221,42 @@ class BundleModel:
         self.close()
 
     def __repr__(self) -> str:
-        return (f"BundleModel({str(self.path)!r}, task={self.task.name!r}, profile={self.profile.name!r}, "
+        return (f"{type(self).__name__}({str(self.path)!r}, task={self.task.name!r}, profile={self.profile.name!r}, "
                 f"backend={self.backend_name!r})")
+
+
+class CausalLMModel(BundleModel):
+    """A causal-LM bundle (task "causal-lm"): ``generate`` text; there is no ``predict``."""
+
+    def __init__(self, *args: Any, decoder: tuple[Any, Any]):
+        super().__init__(*args)
+        from .generate import Generator
+
+        self.spec, defaults = decoder
+        self.generator = Generator(self.backend, self.spec, self.encoder, defaults)
+
+    @property
+    def defaults(self):
+        """The bundle's generation defaults (a GenerationConfig; ``generate(**options)`` overrides them)."""
+        return self.generator.defaults
+
+    def generate(self, prompts: Sequence[Any], config: Any = None, *, stream: Any = None, **options: Any) -> list:
+        """Generate for each prompt (a string, a list of chat messages, or token ids); see
+        ``Generator.generate``. Returns one GenerationResult per prompt, in order."""
+        return self.generator.generate(prompts, config, stream=stream, **options)
+
+    def predict(self, texts: Sequence[str], batch_size: int = 32) -> list[dict[str, Any]]:
+        raise InputError(f"{self.path}: a causal-lm bundle generates text; it does not classify. "
+                         f"Fix: call model.generate(prompts) (CLI: edgekit-run generate).")
+
+    def logits(self, texts: Sequence[str], batch_size: int = 32) -> np.ndarray:
+        raise InputError(f"{self.path}: a causal-lm bundle has no per-text logits. Fix: call model.generate(prompts).")
 
 
 def load(path: str | Path, *, verify: bool = True, backend: str | None = None,
          threads: int | None = None, public_key=None, require_signature: bool = False) -> BundleModel:
     """Verify and load a bundle directory or .tar archive; pick the first backend that works here.
+    A causal-lm bundle gives a ``CausalLMModel`` (``generate``); the others a ``BundleModel`` (``predict``).
 
     ``backend`` forces one of the profile's backends (e.g. "ort-cpu"); ``threads`` sets
     onnxruntime's intra-op threads. ``public_key`` (PEM path or bytes, or an Ed25519PublicKey)
@@ -255,7 +285,22 @@ def load(path: str | Path, *, verify: bool = True, backend: str | None = None,
         plan = check_engine_plan(manifest.get("engine_plan"),
                                  [s.get("name") for s in manifest_value(manifest, "model.inputs", list)
                                   if isinstance(s, dict)])
-        encoder = TextEncoder.from_manifest(bundle_dir, manifest)
+        decoder = None
+        if task.name == CAUSAL_LM:  # generation: its own tokenizer use, smoke feed and model class
+            from .decoder import DecoderSpec, DecoderTokenizer, smoke_feeds
+            from .generate import GenerationConfig
+
+            spec = DecoderSpec.from_manifest(manifest)
+            encoder = DecoderTokenizer.from_manifest(bundle_dir, manifest, spec)
+            decoder = (spec, GenerationConfig.from_manifest(manifest["task"]))
+
+            def feeds(candidate: Backend):
+                return smoke_feeds(candidate, spec, encoder.encode(SMOKE_TEXT, add_special_tokens=True))
+        else:
+            encoder = TextEncoder.from_manifest(bundle_dir, manifest)
+
+            def feeds(candidate: Backend):
+                return encoder.encode([SMOKE_TEXT])[0]
         if backend is not None and backend not in profile.backends:
             raise BackendError(f"backend {backend!r} is not one profile '{profile.name}' lists "
                                f"({list(profile.backends)}; all known: {list(BACKENDS)}). "
@@ -263,7 +308,7 @@ def load(path: str | Path, *, verify: bool = True, backend: str | None = None,
 
         def smoke(candidate: Backend):
             _check_graph_io(manifest, task, candidate)
-            return encoder.encode([SMOKE_TEXT])[0]
+            return feeds(candidate)
 
         chosen, reasons = select_backend(bundle_dir / model_file, profile, threads=threads,
                                          backends=None if backend is None else [backend], feed_builder=smoke,
@@ -278,4 +323,6 @@ def load(path: str | Path, *, verify: bool = True, backend: str | None = None,
             shutil.rmtree(tmp, ignore_errors=True)
         raise
     log.info("loaded %s: task %s, profile %s, backend %s", path, task.name, profile.name, chosen.name)
+    if decoder is not None:
+        return CausalLMModel(path, bundle_dir, manifest, profile, task, encoder, chosen, reasons, tmp, decoder=decoder)
     return BundleModel(path, bundle_dir, manifest, profile, task, encoder, chosen, reasons, tmp)

@@ -1,11 +1,14 @@
-"""A local HTTP server for one bundle: GET /health, GET /metadata, POST /predict.
+"""A local HTTP server for one bundle: GET /health, GET /metadata, and POST /predict (a
+classification bundle) or POST /generate (a causal-lm bundle).
 
 Stdlib only. Request threads validate and queue texts; one worker thread runs the model, so
 onnxruntime sees one call at a time and concurrent requests share a batch (micro-batching):
 it takes queued requests up to ``max_batch`` texts, or whatever has arrived ``max_wait_ms``
 after the oldest one, runs one ``predict`` and answers each request with its slice. The queue
 holds at most ``queue_size`` texts; past that a request gets 429 at once instead of waiting
-without bound. Input texts are never logged, written or echoed in an error.
+without bound. For a causal-lm bundle each /generate request is one queue item: the worker runs
+the requests it takes that share generation settings as one batch. Input texts, prompts and
+generated text are never logged, written or echoed in an error.
 """
 
 from __future__ import annotations
@@ -17,21 +20,25 @@ import socketserver
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Sequence
 from urllib.parse import urlsplit
 
 from .batching import MicroBatcher, QueueFull, _failure
+from .chat import check_messages
 from .errors import EdgekitError, InputError
 from .tokenizer import check_texts
 
 log = logging.getLogger("edgekit_runtime")
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
-ENDPOINTS = {"/health": "GET", "/metadata": "GET", "/predict": "POST"}
+ENDPOINTS = {"/health": "GET", "/metadata": "GET", "/predict": "POST", "/generate": "POST"}
 REQUEST_KEYS = ("texts",)
+CAUSAL_LM = "causal-lm"
+PROMPT_KEYS = ("prompt", "messages")
+GENERATE_EXAMPLE = '{"prompt": "What is 17 * 23?", "max_new_tokens": 128}'
 
 
 class ServeError(EdgekitError):
@@ -82,7 +89,27 @@ def bundle_metadata(model: Any, config: ServeConfig) -> dict[str, Any]:
         "edgekit_version": manifest.get("edgekit_version"),
         "backend": model.backend_name,
         "limits": {k: v for k, v in asdict(config).items() if k not in ("host", "port")},
+        **({"generation": _generation_metadata(model)} if _is_causal_lm(model) else {}),
     }
+
+
+def _is_causal_lm(model: Any) -> bool:
+    return model.manifest["task"].get("name") == CAUSAL_LM
+
+
+def _generation_metadata(model: Any) -> dict[str, Any]:
+    task = model.manifest["task"]
+    defaults = asdict(model.defaults)
+    defaults["stop"] = list(defaults["stop"])
+    return {"max_context": task.get("max_context"), "eos_token_ids": task.get("eos_token_ids"),
+            "chat_template": bool(task.get("chat_template")), "think": task.get("think"), "defaults": defaults,
+            "options": _generate_options()}
+
+
+def _generate_options() -> list[str]:
+    from .generate import GenerationConfig
+
+    return [f.name for f in fields(GenerationConfig) if f.name != "batch_size"]
 
 
 class RequestError(Exception):
@@ -101,8 +128,8 @@ def _json_type(value: Any) -> str:
     return "null" if value is None else names.get(type(value), type(value).__name__)
 
 
-def parse_predict_body(body: bytes, max_texts: int) -> list[str]:
-    """The texts of a POST /predict body, or a RequestError naming the index and type at fault."""
+def _json_object(body: bytes, example: str, wanted: str) -> dict[str, Any]:
+    """The body as a JSON object, or a RequestError saying what is wrong and showing ``example``."""
     try:
         decoded = body.decode("utf-8")
     except UnicodeDecodeError as exc:
@@ -112,13 +139,23 @@ def parse_predict_body(body: bytes, max_texts: int) -> list[str]:
         data = json.loads(decoded)
     except json.JSONDecodeError as exc:
         raise RequestError(400, f"the body is not JSON ({exc.msg} at line {exc.lineno} column {exc.colno})",
-                           'send {"texts": ["first text", "second text"]}') from None
+                           f"send {example}") from None
     except RecursionError:
-        raise RequestError(400, "the body is JSON nested too deeply to parse",
-                           'send {"texts": ["first text", "second text"]}') from None
+        raise RequestError(400, "the body is JSON nested too deeply to parse", f"send {example}") from None
     if not isinstance(data, dict):
-        raise RequestError(400, f"the body is a JSON {_json_type(data)}, expected an object with a 'texts' list",
-                           'send {"texts": [...]}; a bare list is not accepted')
+        raise RequestError(400, f"the body is a JSON {_json_type(data)}, expected an object with {wanted}",
+                           f"send {example}; a bare list is not accepted")
+    return data
+
+
+def _input_error(exc: InputError) -> RequestError:
+    error, _, fix = str(exc).partition(" Fix: ")
+    return RequestError(400, error.replace("prompt 0", "the prompt"), fix.rstrip(".") or "fix that field")
+
+
+def parse_predict_body(body: bytes, max_texts: int) -> list[str]:
+    """The texts of a POST /predict body, or a RequestError naming the index and type at fault."""
+    data = _json_object(body, '{"texts": ["first text", "second text"]}', "a 'texts' list")
     unknown = sorted(k for k in data if k not in REQUEST_KEYS)
     if unknown or "texts" not in data:
         raise RequestError(400, f"the body has keys {sorted(data)[:10]}; expected exactly {list(REQUEST_KEYS)}",
@@ -147,6 +184,47 @@ def parse_predict_body(body: bytes, max_texts: int) -> list[str]:
         error, _, fix = str(exc).partition(" Fix: ")
         raise RequestError(400, error, fix.rstrip(".") or "fix that text") from None
     return texts
+
+
+def parse_generate_body(body: bytes, model: Any) -> tuple[Any, Any]:
+    """(prepared prompt, GenerationConfig) of a POST /generate body: {"prompt": str} or
+    {"messages": [...]}, plus generation options; a RequestError names the field at fault."""
+    data = _json_object(body, GENERATE_EXAMPLE, "a 'prompt' string or a 'messages' list")
+    options = _generate_options()
+    unknown = sorted(k for k in data if k not in (*PROMPT_KEYS, *options))
+    given = [k for k in PROMPT_KEYS if k in data]
+    if unknown or len(given) != 1:
+        what = f"unknown keys {unknown[:10]}" if unknown else ("both 'prompt' and 'messages'" if given
+                                                                else "neither 'prompt' nor 'messages'")
+        raise RequestError(400, f"the body has {what}; it takes one of {list(PROMPT_KEYS)} and the options "
+                                f"{options}", f"send {GENERATE_EXAMPLE}")
+    prompt = data[given[0]]
+    if given[0] == "prompt":
+        if not isinstance(prompt, str):
+            raise RequestError(400, f"'prompt' is a JSON {_json_type(prompt)}, expected a string",
+                               'send the prompt as a string, or a chat as "messages"')
+        try:
+            prompt.encode("utf-8")
+        except UnicodeEncodeError:
+            raise RequestError(400, "'prompt' holds an unpaired UTF-16 surrogate escape, which is not text",
+                               "send valid Unicode") from None
+        if not prompt.strip():
+            raise RequestError(400, "'prompt' is empty or only whitespace; there is nothing to continue",
+                               "give the prompt content")
+    elif not isinstance(prompt, list) or not prompt:
+        raise RequestError(400, f"'messages' is a JSON {_json_type(prompt)}{' (empty)' if prompt == [] else ''}, "
+                                f"expected a non-empty array of {{\"role\", \"content\"}} objects",
+                           'send "messages": [{"role": "user", "content": "..."}]')
+    try:
+        if given[0] == "messages":
+            check_messages(prompt, "messages")
+        config = model.defaults.replace(**{k: data[k] for k in options if k in data})
+        if given[0] == "messages" and config.chat is None:
+            config = config.replace(chat=True)
+        prepared = model.generator.prepare([prompt], config)[0]
+    except InputError as exc:
+        raise _input_error(exc) from None
+    return prepared, config
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -203,16 +281,17 @@ class _Handler(BaseHTTPRequestHandler):
         close = close or (has_body and not self._body_read)
         self._send_json(status, payload, headers, close)
         n = len(payload.get("predictions", ()))
+        count = f" {n} texts" if n else (f" {payload['completion_tokens']} tokens" if "completion_tokens" in payload
+                                         else "")
         shown = path if path in ENDPOINTS else "(unknown path)"  # a path is client text: log only ours
-        log.info("%s %s %d%s %.1f ms", method, shown, status, f" {n} texts" if n else "",
-                 (time.perf_counter() - started) * 1e3)
+        log.info("%s %s %d%s %.1f ms", method, shown, status, count, (time.perf_counter() - started) * 1e3)
 
     do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _route  # wrong methods get 405, not http.server's 501
 
     def _dispatch(self, app: "PredictServer", method: str, path: str) -> tuple[int, dict[str, Any]]:
+        served = "/generate" if app.generates else "/predict"
         if path not in ENDPOINTS:
-            raise RequestError(404, f"no endpoint at {path[:64]!r}",
-                               "use GET /health, GET /metadata or POST /predict")
+            raise RequestError(404, f"no endpoint at {path[:64]!r}", f"use GET /health, GET /metadata or POST {served}")
         if method != ENDPOINTS[path]:
             raise RequestError(405, f"{method} is not allowed on {path}", f"use {ENDPOINTS[path]} {path}",
                                headers={"Allow": ENDPOINTS[path]})
@@ -220,8 +299,16 @@ class _Handler(BaseHTTPRequestHandler):
             return 200, app.health()
         if path == "/metadata":
             return 200, app.metadata
-        return 200, app.predict(parse_predict_body(self._read_body(app.config.max_body_bytes),
-                                                   app.config.max_texts))
+        if path != served:
+            task = app.metadata["task"]
+            raise RequestError(404, f"this server runs a {task} bundle, which "
+                                    f"{'generates text' if app.generates else 'classifies texts'}; {path} is for "
+                                    f"{'classification' if path == '/predict' else 'causal-lm'} bundles",
+                               f"POST {served} " + (GENERATE_EXAMPLE if app.generates else '{"texts": [...]}'))
+        body = self._read_body(app.config.max_body_bytes)
+        if app.generates:
+            return 200, app.generate(*parse_generate_body(body, app.model))
+        return 200, app.predict(parse_predict_body(body, app.config.max_texts))
 
     def _read_body(self, limit: int) -> bytes:
         if "chunked" in self.headers.get("Transfer-Encoding", "").lower():
@@ -300,7 +387,8 @@ class PredictServer:
         self.model = model
         self.config = config
         self.metadata = bundle_metadata(model, config)
-        self.batcher = MicroBatcher(model.predict, config)
+        self.generates = _is_causal_lm(model)
+        self.batcher = MicroBatcher(self._generate_items if self.generates else model.predict, config)
         self._state = threading.Condition()
         self._in_flight = 0
         self._draining = False
@@ -344,23 +432,43 @@ class PredictServer:
     def health(self) -> dict[str, Any]:
         with self._state:
             in_flight = self._in_flight - 1  # not counting the health request itself
-        return {"status": "ok", "backend": self.model.backend_name, "queue_depth": self.batcher.depth,
+        return {"status": "ok", "task": self.metadata["task"], "backend": self.model.backend_name,
+                "queue_depth": self.batcher.depth,
                 "queue_size": self.config.queue_size, "in_flight": in_flight, "batches": self.batcher.batches}
 
-    def predict(self, texts: list[str]) -> dict[str, Any]:
+    def _wait(self, items: list[Any]) -> list[Any]:
         try:
-            job = self.batcher.submit(texts)
+            job = self.batcher.submit(items)
         except QueueFull as full:
-            raise RequestError(429, f"the inference queue is full: {full.queued} texts waiting + {full.incoming} "
+            unit = "requests" if self.generates else "texts"
+            raise RequestError(429, f"the inference queue is full: {full.queued} {unit} waiting + {full.incoming} "
                                     f"in this request > --queue-size {full.capacity}",
                                "retry after the Retry-After seconds, send fewer texts per request, or restart "
                                "the server with a larger --queue-size", headers={"Retry-After": "1"}) from None
         job.done.wait()
         if job.error is not None:
             raise RequestError(*job.error)
-        results = job.result or []
+        return job.result or []
+
+    def predict(self, texts: list[str]) -> dict[str, Any]:
+        results = self._wait(texts)
         return {"predictions": results, "truncated": sum(bool(r.get("truncated")) for r in results),
                 "max_length": self.metadata["max_length"]}
+
+    def generate(self, prompt: Any, config: Any) -> dict[str, Any]:
+        """One /generate request: a prepared prompt and its settings, queued as one item."""
+        return self._wait([(prompt, config)])[0]
+
+    def _generate_items(self, items: list[tuple[Any, Any]], batch_size: int) -> list[dict[str, Any]]:
+        """The worker's call for queued /generate requests: those with equal settings run as one batch."""
+        groups: dict[Any, list[int]] = {}
+        for i, (_, config) in enumerate(items):
+            groups.setdefault(config, []).append(i)
+        out: list[dict[str, Any]] = [{}] * len(items)
+        for config, members in groups.items():
+            for i, result in zip(members, self.model.generator.run([items[i][0] for i in members], config)):
+                out[i] = result.to_dict()
+        return out
 
     def shutdown(self, timeout: float | None = None) -> bool:
         """Stop accepting, finish requests in flight and queued; True if all finished within ``timeout``."""

@@ -14,7 +14,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 
 from .bundle import manifest_value
-from .errors import BackendError, BundleError
+from .errors import BackendError, BundleError, InputError
 from .tokenizer import EncodedBatch
 
 Outputs = Mapping[str, np.ndarray]
@@ -77,8 +77,60 @@ def _classify(outputs: Outputs, task: Mapping[str, Any], batch: EncodedBatch) ->
             for b, p in zip(best, probs)]
 
 
+def _int_field(task: Mapping[str, Any], key: str, low: int, high: int | None = None) -> int:
+    value = task.get(key)
+    if not isinstance(value, int) or isinstance(value, bool) or value < low or (high is not None and value >= high):
+        bound = f">= {low}" if high is None else f"in [{low}, {high})"
+        raise BundleError(f"manifest.json: task.{key} is {value!r}, expected an integer {bound}. "
+                          f"Fix: recompile the bundle (docs/decoder.md lists the causal-lm task section).")
+    return value
+
+
+def _check_causal_lm(manifest: Mapping[str, Any]) -> None:
+    """The task section of docs/decoder.md, and model IO that is the KV-cache graph for its layers."""
+    task = manifest_value(manifest, "task", dict)
+    layers = _int_field(task, "num_layers", 1)
+    for key in ("num_key_value_heads", "head_dim", "max_context"):
+        _int_field(task, key, 1)
+    vocab = _int_field(task, "vocab_size", 1)
+    _int_field(task, "pad_token_id", 0, vocab)
+    if task.get("bos_token_id") is not None:
+        _int_field(task, "bos_token_id", 0, vocab)
+    eos = task.get("eos_token_ids")
+    if not isinstance(eos, list) or not eos or not all(isinstance(i, int) and not isinstance(i, bool)
+                                                       and 0 <= i < vocab for i in eos):
+        raise BundleError(f"manifest.json: task.eos_token_ids is {eos!r}, expected a non-empty list of token ids "
+                          f"below vocab_size {vocab}. Fix: recompile the bundle.")
+    if task.get("chat_template") is not None and not isinstance(task["chat_template"], str):
+        raise BundleError("manifest.json: task.chat_template is not a string or null. Fix: recompile the bundle.")
+    think = task.get("think")
+    if think is not None and not (isinstance(think, dict) and isinstance(think.get("start"), str)
+                                  and isinstance(think.get("end"), str) and think["start"] and think["end"]):
+        raise BundleError(f"manifest.json: task.think is {think!r}, expected null or "
+                          f'{{"start": "<think>", "end": "</think>"}}. Fix: recompile the bundle.')
+    kv = [f"{kind}.{i}.{part}" for i in range(layers) for kind in ("past_key_values", "present")
+          for part in ("key", "value")]
+    want_in = {"input_ids", "attention_mask", "position_ids", *(n for n in kv if n.startswith("past_"))}
+    want_out = {"logits", *(n for n in kv if n.startswith("present."))}
+    inputs = {s.get("name") for s in manifest_value(manifest, "model.inputs", list) if isinstance(s, dict)}
+    outputs = set(_output_specs(manifest))
+    if inputs != want_in or not want_out <= outputs:
+        raise BundleError(f"manifest.json: model inputs/outputs are not the KV-cache graph for task.num_layers "
+                          f"{layers} (missing inputs {sorted(want_in - inputs)[:4]}, unexpected "
+                          f"{sorted(map(str, inputs - want_in))[:4]}, missing outputs "
+                          f"{sorted(want_out - outputs)[:4]}). Fix: export with edgekit.decoder.export and "
+                          f"recompile the bundle.")
+
+
+def _not_a_pass(outputs: Outputs, task: Mapping[str, Any], batch: EncodedBatch) -> list[dict[str, Any]]:
+    raise InputError("a causal-lm bundle generates text token by token; one forward pass has no result. "
+                     "Fix: call model.generate(prompts) (CLI: edgekit-run generate; serve: POST /generate).")
+
+
 POSTPROCESSORS: dict[str, TaskHead] = {
     "sequence-classification": TaskHead("sequence-classification", ("logits",), _check_classification, _classify),
+    # Generation is a loop, not a post-processor: CausalLMModel.generate runs it (generate.py).
+    "causal-lm": TaskHead("causal-lm", ("logits",), _check_causal_lm, _not_a_pass),
 }
 
 

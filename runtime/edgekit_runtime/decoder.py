@@ -1,0 +1,191 @@
+"""The decoder side of a causal-LM bundle: its manifest section, tokenizer, graph IO and KV cache.
+
+The graph contract is docs/decoder.md: token inputs (batch, sequence), ``attention_mask`` over
+past + new positions, ``past_key_values.{i}.key/value`` (batch, H_kv, past, D) in, ``logits`` and
+``present.{i}.key/value`` = concat(past, new) out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+from tokenizers import Tokenizer
+
+from .backends import Backend, TensorSpec
+from .bundle import MANIFEST, manifest_value
+from .errors import BundleError
+
+TOKEN_INPUTS = ("input_ids", "attention_mask", "position_ids")
+
+
+def kv_names(num_layers: int) -> list[tuple[str, str]]:
+    """(past input, present output) name pairs, key then value, layer by layer."""
+    return [(f"past_key_values.{i}.{kind}", f"present.{i}.{kind}")
+            for i in range(num_layers) for kind in ("key", "value")]
+
+
+@dataclass(frozen=True)
+class DecoderSpec:
+    """What generation reads from the manifest's causal-lm ``task`` section (checked at load)."""
+
+    num_layers: int
+    num_kv_heads: int
+    head_dim: int
+    vocab_size: int
+    max_context: int
+    eos_token_ids: tuple[int, ...]
+    pad_token_id: int
+    bos_token_id: int | None = None
+    chat_template: str | None = None
+    think: tuple[str, str] | None = None  # (start, end) marker texts
+
+    @classmethod
+    def from_manifest(cls, manifest: Mapping[str, Any]) -> "DecoderSpec":
+        task = manifest_value(manifest, "task", dict)
+        think = task.get("think")
+        return cls(num_layers=task["num_layers"], num_kv_heads=task["num_key_value_heads"], head_dim=task["head_dim"],
+                   vocab_size=task["vocab_size"], max_context=task["max_context"],
+                   eos_token_ids=tuple(task["eos_token_ids"]), pad_token_id=task["pad_token_id"],
+                   bos_token_id=task.get("bos_token_id"), chat_template=task.get("chat_template"),
+                   think=(think["start"], think["end"]) if think else None)
+
+
+class DecoderTokenizer:
+    """The bundle's tokenizer.json for generation: no truncation, no padding (the generator pads)."""
+
+    def __init__(self, path: str | Path, spec: DecoderSpec):
+        try:
+            self.tokenizer = Tokenizer.from_file(str(path))
+        except Exception as exc:  # the Rust side raises plain Exception
+            raise BundleError(f"{path}: not a readable tokenizers file ({exc}). Fix: recompile the bundle.") from None
+        self.tokenizer.no_truncation()
+        self.tokenizer.no_padding()
+        self.max_length = spec.max_context  # serve's metadata reads this, as for an encoder bundle
+        size = self.tokenizer.get_vocab_size(with_added_tokens=True)
+        for name, ids in (("eos_token_ids", spec.eos_token_ids), ("pad_token_id", [spec.pad_token_id])):
+            bad = [i for i in ids if self.tokenizer.id_to_token(i) is None]
+            if bad:
+                raise BundleError(f"{MANIFEST}: task.{name} {bad} not in the tokenizer's {size} tokens. "
+                                  f"Fix: recompile the bundle.")
+        self.think_ids: tuple[int, int] | None = None
+        if spec.think:
+            ids = tuple(self.tokenizer.token_to_id(t) for t in spec.think)
+            if None in ids:
+                raise BundleError(f"{MANIFEST}: task.think names {list(spec.think)}, but the tokenizer has no single "
+                                  f"token for {[t for t, i in zip(spec.think, ids) if i is None]}. Fix: recompile.")
+            self.think_ids = ids  # type: ignore[assignment]
+
+    @classmethod
+    def from_manifest(cls, bundle_dir: str | Path, manifest: Mapping[str, Any],
+                      spec: DecoderSpec) -> "DecoderTokenizer":
+        file = manifest_value(manifest, "tokenizer.file", str)
+        if file not in manifest.get("files", {}):
+            raise BundleError(f"{MANIFEST}: tokenizer.file {file!r} is not among the bundle's hashed files. "
+                              f"Fix: recompile the bundle.")
+        return cls(Path(bundle_dir) / file, spec)
+
+    def token_text(self, token_id: int | None) -> str | None:
+        return None if token_id is None else self.tokenizer.id_to_token(token_id)
+
+    def encode(self, text: str, *, add_special_tokens: bool) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=add_special_tokens).ids
+
+    def decode(self, ids: Sequence[int]) -> str:
+        return self.tokenizer.decode(list(ids), skip_special_tokens=False)
+
+
+# ---------------------------------------------------------------- KV cache
+
+class BufferCache:
+    """Preallocated (B, H_kv, capacity, D) arrays per past input; each step copies the new
+    positions out of ``present`` and feeds views of the filled part."""
+
+    def __init__(self, names: Sequence[tuple[str, str]], batch: int, heads: int, capacity: int, head_dim: int,
+                 dtype: np.dtype):
+        self.names = names
+        self.buffers = {past: np.zeros((batch, heads, capacity, head_dim), dtype=dtype) for past, _ in names}
+        self.length = 0
+
+    def feeds(self) -> dict[str, np.ndarray]:
+        return {past: buf[:, :, :self.length] for past, buf in self.buffers.items()}
+
+    def update(self, outputs: Mapping[str, np.ndarray], new: int) -> None:
+        end = self.length + new
+        for past, present in self.names:
+            self.buffers[past][:, :, self.length:end] = outputs[present][:, :, self.length:end]
+        self.length = end
+
+
+class PresentCache:
+    """Feeds each step's ``present`` (concat(past, new), made by the graph) back as the next past."""
+
+    def __init__(self, names: Sequence[tuple[str, str]], batch: int, heads: int, capacity: int, head_dim: int,
+                 dtype: np.dtype):
+        self.names = names
+        self.past = {past: np.zeros((batch, heads, 0, head_dim), dtype=dtype) for past, _ in names}
+        self.length = 0
+
+    def feeds(self) -> dict[str, np.ndarray]:
+        return self.past
+
+    def update(self, outputs: Mapping[str, np.ndarray], new: int) -> None:
+        self.past = {past: outputs[present] for past, present in self.names}
+        self.length += new
+
+
+# Feeding present back is the default: it measured faster. onnxruntime's Python binding copies a
+# non-contiguous numpy view (a buffer's [:, :, :length] slice) into a fresh contiguous tensor
+# before every run, and the graph's Concat copies the past again into present, so on this graph
+# the buffers add a copy of the whole cache per step and save none. Decode tokens/s, median of
+# interleaved runs, onnxruntime 1.32 CPU, 1 thread, x86-64 dev host shared with other jobs (noisy):
+#   tiny Qwen2 of tests/runtime/test_generate.py (2 layers, 2 KV heads x 16, vocab 349), 200 new tokens:
+#     batch 1: present 11134, buffers 10266;  batch 4: present 35913, buffers 32846 (all rows)
+#   8 layers, hidden 512, 2 KV heads x 64, 480 new tokens (context 490):
+#     batch 1: present 284, buffers 272;  batch 4: present 551, buffers 365
+# Buffers would pay off with IO binding to device memory and a graph that writes the new
+# positions in place; "buffers" stays selectable (Generator(kv_cache=...)) to measure that.
+KV_CACHES = {"present": PresentCache, "buffers": BufferCache}
+
+
+def check_decoder_io(inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec], spec: DecoderSpec) -> None:
+    """The graph has exactly the contract's inputs and outputs for ``spec.num_layers`` layers."""
+    pairs = kv_names(spec.num_layers)
+    want_in = {*TOKEN_INPUTS, *(p for p, _ in pairs)}
+    want_out = {"logits", *(p for _, p in pairs)}
+    got_in, got_out = {s.name for s in inputs}, {s.name for s in outputs}
+    if got_in != want_in or not want_out <= got_out:
+        raise BundleError(f"the graph's inputs {sorted(got_in)[:8]}... / outputs {sorted(got_out)[:8]}... are not the "
+                          f"KV-cache contract for {spec.num_layers} layers (docs/decoder.md; missing inputs "
+                          f"{sorted(want_in - got_in)[:4]}, unexpected {sorted(got_in - want_in)[:4]}, missing outputs "
+                          f"{sorted(want_out - got_out)[:4]}). Fix: re-export with edgekit.decoder.export.")
+    dtypes = {s.name: s.dtype for s in inputs}
+    token = {dtypes[n] for n in TOKEN_INPUTS}
+    if len(token) != 1 or not token <= {"int64", "int32"}:
+        raise BundleError(f"the graph's token inputs have dtypes { {n: dtypes[n] for n in TOKEN_INPUTS} }; the "
+                          f"contract wants one of int64 / int32 for all three. Fix: re-export with "
+                          f"edgekit.decoder.export.")
+
+
+def left_pad(rows: Sequence[Sequence[int]], pad_id: int, dtype: np.dtype) -> dict[str, np.ndarray]:
+    """Prefill feeds for token rows: ids and mask padded on the left, positions cumsum(mask) - 1 >= 0."""
+    width = max(len(r) for r in rows)
+    ids = np.full((len(rows), width), pad_id, dtype=dtype)
+    mask = np.zeros((len(rows), width), dtype=dtype)
+    for b, row in enumerate(rows):
+        ids[b, width - len(row):] = row
+        mask[b, width - len(row):] = 1
+    positions = np.clip(np.cumsum(mask, axis=1) - 1, 0, None).astype(dtype)
+    return {"input_ids": ids, "attention_mask": mask, "position_ids": positions}
+
+
+def smoke_feeds(backend: Backend, spec: DecoderSpec, ids: Sequence[int]) -> dict[str, np.ndarray]:
+    """A batch-1 prefill of ``ids`` with an empty past, after checking the graph's IO (load's smoke run)."""
+    check_decoder_io(backend.inputs, backend.outputs, spec)
+    dtypes = {s.name: np.dtype(s.dtype) for s in backend.inputs}
+    feeds = left_pad([list(ids)], spec.pad_token_id, dtypes["input_ids"])
+    for past, _ in kv_names(spec.num_layers):
+        feeds[past] = np.zeros((1, spec.num_kv_heads, 0, spec.head_dim), dtype=dtypes[past])
+    return feeds

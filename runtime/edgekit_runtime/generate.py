@@ -1,0 +1,453 @@
+"""Text generation with a causal-LM bundle's KV-cache graph (docs/decoder.md).
+
+One graph serves prefill (the prompt over an empty past, in chunks when its logits would be
+large) and decode (one token over the cache; see decoder.py for how the cache is kept).
+A batch is padded on the left; each row's ``position_ids`` count its real tokens, so a row's
+tokens are the ones it would get alone. A row that has stopped keeps being fed the pad token
+with mask 1 (as transformers does) until every row is done: attention never crosses rows, so
+it cannot change the others. Prompts and generated text are never logged.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from . import sampling
+from .backends import Backend
+from .bundle import MANIFEST
+from .chat import ChatTemplate, check_messages
+from .decoder import KV_CACHES, DecoderSpec, DecoderTokenizer, check_decoder_io, kv_names, left_pad
+from .detokenize import IncrementalDetokenizer, StopText, ThinkText
+from .errors import BackendError, BundleError, InputError
+
+THINK_MODES = ("keep", "strip", "budget")
+# Prefill runs the prompt in chunks whose logits (batch x chunk x vocab float32) stay under this: the
+# graph returns logits for every position, and a 2,000-token prompt over a 152k vocabulary (Qwen2)
+# would otherwise take 1.2 GB in one output.
+PREFILL_LOGITS_BYTES = 64 << 20
+StreamCallback = Callable[[int, str], None]  # (prompt index, text increment)
+Prompt = str | Sequence[Mapping[str, Any]] | Sequence[int] | np.ndarray
+
+
+def _positive(name: str, value: Any, *, zero: bool = False) -> int:
+    low = 0 if zero else 1
+    if not isinstance(value, int) or isinstance(value, bool) or value < low:
+        raise InputError(f"{name}={value!r}: expected an integer >= {low}. Fix: pass e.g. {name}={max(low, 1) * 16}.")
+    return value
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """How to generate. Defaults come from the bundle's ``task.generation``; ``generate(**options)``
+    overrides single fields. ``stop``: extra stop strings and token ids (the manifest's eos ids
+    always stop). ``think``: keep the R1 reasoning in the text, strip it (reported apart), or
+    ``budget`` (after ``think_budget`` reasoning tokens, force ``</think>``). ``chat``: None applies
+    the bundle's chat template when it has one, True requires it, False feeds the prompt as is."""
+
+    max_new_tokens: int = 256
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    seed: int | None = None
+    stop: tuple[str | int, ...] = ()
+    think: str = "keep"
+    think_budget: int | None = None
+    chat: bool | None = None
+    batch_size: int = 8  # prompts per batch (each batch has its own KV cache)
+
+    def __post_init__(self):
+        _positive("max_new_tokens", self.max_new_tokens)
+        _positive("top_k", self.top_k, zero=True)
+        _positive("batch_size", self.batch_size)
+        if not isinstance(self.do_sample, bool):
+            raise InputError(f"do_sample={self.do_sample!r}: expected True or False. Fix: pass do_sample=True "
+                             f"to sample.")
+        if isinstance(self.temperature, bool) or not isinstance(self.temperature, (int, float)) \
+                or not 0 < self.temperature < math.inf:
+            raise InputError(f"temperature={self.temperature!r}: expected a number > 0. Fix: pass e.g. "
+                             f"temperature=0.7; for deterministic output use do_sample=False (greedy), not "
+                             f"temperature 0.")
+        if isinstance(self.top_p, bool) or not isinstance(self.top_p, (int, float)) or not 0 < self.top_p <= 1:
+            raise InputError(f"top_p={self.top_p!r}: expected a number in (0, 1]. Fix: pass e.g. top_p=0.9 "
+                             f"(1.0 turns nucleus filtering off).")
+        if self.seed is not None:
+            _positive("seed", self.seed, zero=True)
+        stop = (self.stop,) if isinstance(self.stop, (str, int)) else tuple(self.stop)
+        for i, s in enumerate(stop):
+            if isinstance(s, bool) or not isinstance(s, (str, int)) or s == "" or (isinstance(s, int) and s < 0):
+                raise InputError(f"stop[{i}] is {type(s).__name__} {'' if isinstance(s, str) else s!r}: expected a "
+                                 f"non-empty string or a token id >= 0. Fix: pass stop=['\\n\\n', 151643].", index=i)
+        object.__setattr__(self, "stop", stop)
+        if self.think not in THINK_MODES:
+            raise InputError(f"think={self.think!r}: expected one of {list(THINK_MODES)}. Fix: pass think='strip' to "
+                             f"return the answer without its reasoning.")
+        if self.think == "budget":
+            if self.think_budget is None:
+                raise InputError("think='budget' needs think_budget=N (reasoning tokens before </think> is forced). "
+                                 "Fix: pass e.g. think_budget=256.")
+            _positive("think_budget", self.think_budget, zero=True)
+        elif self.think_budget is not None:
+            raise InputError(f"think_budget={self.think_budget!r} with think={self.think!r}: the budget applies only "
+                             f"with think='budget'. Fix: pass think='budget', or drop think_budget.")
+        if self.chat not in (None, True, False):
+            raise InputError(f"chat={self.chat!r}: expected True, False or None (use the template when the bundle "
+                             f"has one). Fix: pass chat=False to feed the prompt as is.")
+
+    @classmethod
+    def from_manifest(cls, task: Mapping[str, Any]) -> "GenerationConfig":
+        """The bundle's defaults (``task.generation``); a malformed section is the bundle's fault."""
+        section = task.get("generation") or {}
+        known = {f.name for f in dataclasses.fields(cls)}
+        try:
+            if not isinstance(section, Mapping):
+                raise InputError(f"it is a {type(section).__name__}, not a table")
+            return cls(**{k: v for k, v in section.items() if k in known})
+        except InputError as exc:
+            raise BundleError(f"{MANIFEST}: task.generation: {exc}") from None
+
+    def replace(self, **options: Any) -> "GenerationConfig":
+        """A copy with ``options`` changed; an unknown option names the known ones."""
+        known = [f.name for f in dataclasses.fields(self)]
+        unknown = sorted(set(options) - set(known))
+        if unknown:
+            raise InputError(f"unknown generation option(s) {unknown}; known: {known}. Fix: check the spelling.")
+        return dataclasses.replace(self, **options)
+
+
+# ---------------------------------------------------------------- per prompt
+
+def _prompt_texts(prompt: Any) -> list[str]:
+    """The strings a prompt carries: itself, or its messages' contents."""
+    if isinstance(prompt, str):
+        return [prompt]
+    if isinstance(prompt, Sequence):
+        return [m["content"] for m in prompt if isinstance(m, Mapping) and isinstance(m.get("content"), str)]
+    return []
+
+
+def _is_unicode(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
+@dataclass
+class GenerationResult:
+    """One prompt's output. ``text`` excludes eos / stop tokens and stop strings (and, with
+    think='strip', the reasoning, which is in ``reasoning``); ``token_ids`` are every generated id,
+    the one that stopped generation included. ``timings``: time to first token, prefill tokens/s
+    (the batch's prompt tokens over the prefill), decode tokens/s (this prompt's tokens after the
+    first over its decode time)."""
+
+    text: str
+    token_ids: list[int]
+    finish_reason: str
+    reasoning: str | None
+    prompt_tokens: int
+    completion_tokens: int
+    think_tokens: int
+    timings: dict[str, float | int | None] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+@dataclass(frozen=True)
+class PreparedPrompt:
+    index: int
+    ids: tuple[int, ...]
+    inside_think: bool  # the prompt leaves a think section open (an R1 chat prompt ends with "<think>\n")
+
+
+class _Row:
+    """One prompt during generation: its tokens, think state and text stages."""
+
+    def __init__(self, prompt: PreparedPrompt, cfg: GenerationConfig, tok: DecoderTokenizer, spec: DecoderSpec):
+        self.prompt = prompt
+        self.cfg = cfg
+        self.tokens: list[int] = []
+        self.parts: list[str] = []
+        self.finish_reason: str | None = None
+        self.done_at: float | None = None
+        self.eos = frozenset(spec.eos_token_ids)
+        self.stop_ids = frozenset(s for s in cfg.stop if isinstance(s, int))
+        self.detok = IncrementalDetokenizer(tok.decode)
+        self.stop_text = StopText([s for s in cfg.stop if isinstance(s, str)])
+        self.think_text = (ThinkText(*spec.think, inside=prompt.inside_think, keep_markers=cfg.think != "strip")
+                           if spec.think else None)
+        self.think_ids = tok.think_ids
+        self.inside = prompt.inside_think and tok.think_ids is not None
+        self.think_run = 0  # tokens generated in the open think section
+        self.think_tokens = 0
+
+    def forced(self) -> int | None:
+        """</think> once the open section has used its budget (think='budget')."""
+        if self.cfg.think == "budget" and self.inside and self.think_run >= self.cfg.think_budget:
+            return self.think_ids[1]
+        return None
+
+    def push(self, token: int, now: float) -> str:
+        """Take the next token; the answer text it completes. Sets finish_reason when the row is done."""
+        self.tokens.append(token)
+        if self.think_ids is not None:
+            if token == self.think_ids[0]:
+                self.inside, self.think_run = True, 0
+            elif token == self.think_ids[1]:
+                self.inside = False
+            elif self.inside:
+                self.think_run += 1
+                self.think_tokens += 1
+        if token in self.eos or token in self.stop_ids:
+            self.finish_reason = "eos" if token in self.eos else "stop"
+            piece = self._flush()
+        else:
+            piece = self._stage(self.detok.push(token))
+            if self.stop_text.stopped:
+                self.finish_reason = "stop"
+                piece += self._stage_flush()
+            elif len(self.tokens) >= self.cfg.max_new_tokens:
+                self.finish_reason = "length"
+                piece += self._flush()
+        if self.finish_reason is not None:
+            self.done_at = now
+        self.parts.append(piece)
+        return piece
+
+    def _stage(self, raw: str) -> str:
+        safe = self.stop_text.push(raw)
+        return self.think_text.push(safe) if self.think_text else safe
+
+    def _stage_flush(self) -> str:
+        safe = self.stop_text.flush()
+        if not self.think_text:
+            return safe
+        return self.think_text.push(safe) + self.think_text.flush()
+
+    def _flush(self) -> str:
+        return self._stage(self.detok.flush()) + self._stage_flush()
+
+    def result(self, timings: dict[str, Any]) -> GenerationResult:
+        return GenerationResult(text="".join(self.parts), token_ids=list(self.tokens),
+                                finish_reason=self.finish_reason or "length",
+                                reasoning=self.think_text.reasoning if self.think_text else None,
+                                prompt_tokens=len(self.prompt.ids), completion_tokens=len(self.tokens),
+                                think_tokens=self.think_tokens, timings=timings)
+
+
+# ---------------------------------------------------------------- the generator
+
+class Generator:
+    """Runs generation on a backend that holds a causal-LM graph; ``CausalLMModel`` wraps one."""
+
+    def __init__(self, backend: Backend, spec: DecoderSpec, tokenizer: DecoderTokenizer,
+                 defaults: GenerationConfig | None = None, kv_cache: str = "present"):
+        if kv_cache not in KV_CACHES:
+            raise InputError(f"kv_cache={kv_cache!r}: expected one of {list(KV_CACHES)}. Fix: leave it unset.")
+        check_decoder_io(backend.inputs, backend.outputs, spec)
+        self.backend, self.spec, self.tokenizer = backend, spec, tokenizer
+        self.defaults = defaults or GenerationConfig()
+        self.kv_cache = kv_cache
+        self.prefill_logits_bytes = PREFILL_LOGITS_BYTES
+        self.names = kv_names(spec.num_layers)
+        dtypes = {s.name: np.dtype(s.dtype) for s in backend.inputs}
+        self.token_dtype = dtypes["input_ids"]
+        self.kv_dtype = dtypes[self.names[0][0]]
+        self.template = None
+        if spec.chat_template:
+            self.template = ChatTemplate(spec.chat_template, {
+                "bos_token": tokenizer.token_text(spec.bos_token_id),
+                "eos_token": tokenizer.token_text(spec.eos_token_ids[0]),
+                "pad_token": tokenizer.token_text(spec.pad_token_id)})
+
+    # ------------------------------------------------------------ prompts
+
+    def prepare(self, prompts: Sequence[Prompt], config: GenerationConfig) -> list[PreparedPrompt]:
+        """Prompts -> token ids (chat template applied as ``config.chat`` says), each checked to fit
+        max_context with max_new_tokens. Errors name the prompt's index, never its text."""
+        if isinstance(prompts, (str, bytes)) or (isinstance(prompts, Sequence) and prompts
+                                                 and isinstance(prompts[0], (int, np.integer))):
+            raise InputError("prompts is a single prompt, expected a list of prompts. Fix: pass [prompt].")
+        prompts = list(prompts)
+        if not prompts:
+            raise InputError("no prompts. Fix: pass at least one prompt.")
+        if config.think == "budget" and self.tokenizer.think_ids is None:
+            raise InputError("think='budget', but this bundle has no think tokens (task.think is null), so there is "
+                             "no section to cut short. Fix: leave think unset for this model.")
+        if config.chat is True and self.template is None:
+            raise InputError("chat=True, but this bundle has no chat template (task.chat_template is null). "
+                             "Fix: pass chat=False (CLI: --no-chat) and write the prompt in the model's own format.")
+        out = []
+        for i, prompt in enumerate(prompts):
+            ids = self._prompt_ids(i, prompt, config)
+            total = len(ids) + config.max_new_tokens
+            if total > self.spec.max_context:
+                room, keep = self.spec.max_context - len(ids), self.spec.max_context - config.max_new_tokens
+                fix = (f"lower max_new_tokens to at most {room}, or shorten the prompt" if room > 0
+                       else f"shorten the prompt to at most {keep} tokens" if keep > 0
+                       else "lower max_new_tokens well below max_context and shorten the prompt")
+                raise InputError(f"prompt {i} is {len(ids)} tokens; with max_new_tokens {config.max_new_tokens} that "
+                                 f"is {total} > the bundle's max_context {self.spec.max_context}. Fix: {fix}.", index=i)
+            out.append(PreparedPrompt(i, tuple(ids), self._opens_think(ids)))
+        return out
+
+    def _prompt_ids(self, i: int, prompt: Any, config: GenerationConfig) -> list[int]:
+        if not all(_is_unicode(t) for t in _prompt_texts(prompt)):  # a JSON "\ud800" escape: a lone surrogate
+            raise InputError(f"prompt {i} holds an unpaired UTF-16 surrogate, which is not text. Fix: pass valid "
+                             f"Unicode.", index=i)
+        if isinstance(prompt, str):
+            if config.chat is False or (config.chat is None and self.template is None):
+                ids = self.tokenizer.encode(prompt, add_special_tokens=True)
+            else:
+                ids = self._render([{"role": "user", "content": prompt}], i)
+        elif isinstance(prompt, np.ndarray) or (isinstance(prompt, Sequence) and prompt
+                                                and all(isinstance(t, (int, np.integer)) for t in prompt)):
+            array = np.asarray(prompt)
+            ids = [int(t) for t in array.reshape(-1)] if np.issubdtype(array.dtype, np.integer) else []
+            bad = [t for t in ids if not 0 <= t < self.spec.vocab_size]
+            if bad or array.ndim != 1 or not np.issubdtype(array.dtype, np.integer):
+                raise InputError(f"prompt {i}: token ids must be a flat list of integers in [0, "
+                                 f"{self.spec.vocab_size}); got {bad[:5] or 'a non-integer or nested array'}. "
+                                 f"Fix: pass ids from this bundle's tokenizer.", index=i)
+        elif isinstance(prompt, Sequence) and prompt and all(isinstance(m, Mapping) for m in prompt):
+            if config.chat is False or self.template is None:
+                why = "chat=False" if config.chat is False else "this bundle has none"
+                fix = "" if self.template is None else " or leave chat unset"
+                raise InputError(f"prompt {i} is a list of messages, which needs the chat template, but {why}. "
+                                 f"Fix: pass the prompt as a string{fix}.", index=i)
+            ids = self._render(check_messages(prompt, f"prompt {i}"), i)
+        else:
+            raise InputError(f"prompt {i} is {type(prompt).__name__}, expected a string, a list of "
+                             f"{{'role', 'content'}} messages or a list of token ids. Fix: pass one of those.", index=i)
+        if not ids:
+            raise InputError(f"prompt {i} encodes to no tokens; there is nothing to continue. Fix: give it content.",
+                             index=i)
+        return ids
+
+    def _render(self, messages: list[dict[str, Any]], i: int) -> list[int]:
+        try:
+            text = self.template.render(messages)
+        except InputError as exc:
+            raise InputError(f"prompt {i}: {exc}", index=i) from None
+        # The template writes the special tokens (bos included) itself, as transformers' apply_chat_template.
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def _opens_think(self, ids: Sequence[int]) -> bool:
+        if self.tokenizer.think_ids is None:
+            return False
+        start, end = self.tokenizer.think_ids
+        last = {t: i for i, t in enumerate(ids) if t in (start, end)}
+        return last.get(start, -1) > last.get(end, -1)
+
+    # ------------------------------------------------------------ generation
+
+    def generate(self, prompts: Sequence[Prompt], config: GenerationConfig | None = None, *,
+                 stream: StreamCallback | None = None, **options: Any) -> list[GenerationResult]:
+        """Generate for each prompt (a string, a list of chat messages, or token ids); results in
+        input order. ``options`` override fields of ``config`` (default: the bundle's defaults).
+        ``stream(index, text)`` receives each prompt's answer text as it becomes decodable."""
+        cfg = (config or self.defaults).replace(**options) if options else (config or self.defaults)
+        return self.run(self.prepare(prompts, cfg), cfg, stream)
+
+    def run(self, prompts: Sequence[PreparedPrompt], cfg: GenerationConfig,
+            stream: StreamCallback | None = None) -> list[GenerationResult]:
+        """Generate for prepared prompts; results in the order given. Prompts of similar length share
+        a batch (less padding); a prompt's tokens do not depend on which others share its batch."""
+        results: list[GenerationResult | None] = [None] * len(prompts)
+        order = sorted(range(len(prompts)), key=lambda k: len(prompts[k].ids))
+        for start in range(0, len(order), cfg.batch_size):
+            chunk = order[start:start + cfg.batch_size]
+            for k, result in zip(chunk, self.run_batch([prompts[k] for k in chunk], cfg, stream)):
+                results[k] = result
+        return results  # type: ignore[return-value]
+
+    def run_batch(self, prompts: Sequence[PreparedPrompt], cfg: GenerationConfig,
+                  stream: StreamCallback | None = None) -> list[GenerationResult]:
+        """One left-padded batch from prefill to the last row's stop."""
+        rows = [_Row(p, cfg, self.tokenizer, self.spec) for p in prompts]
+        rngs = sampling.row_generators(cfg.seed, [p.index for p in prompts]) if cfg.do_sample else None
+        started = time.perf_counter()
+        feeds = left_pad([p.ids for p in prompts], self.spec.pad_token_id, self.token_dtype)
+        batch, width = feeds["input_ids"].shape
+        capacity = width + cfg.max_new_tokens
+        cache = KV_CACHES[self.kv_cache](self.names, batch, self.spec.num_kv_heads, capacity, self.spec.head_dim,
+                                         self.kv_dtype)
+        mask = np.zeros((batch, capacity), dtype=self.token_dtype)
+        mask[:, :width] = feeds["attention_mask"]
+        chunk = max(8, self.prefill_logits_bytes // (4 * batch * self.spec.vocab_size))
+        for start in range(0, width, chunk):
+            end = min(width, start + chunk)
+            part = {"input_ids": feeds["input_ids"][:, start:end], "attention_mask": mask[:, :end],
+                    "position_ids": feeds["position_ids"][:, start:end]}
+            outputs = self._run({**part, **cache.feeds()}, cache, end - start)
+        prefill_s = time.perf_counter() - started
+        first_at = None
+        for _ in range(cfg.max_new_tokens):
+            logits = outputs["logits"][:, -1, :]
+            tokens = self._choose(logits, rows, cfg, rngs)
+            now = time.perf_counter()
+            first_at = first_at or now
+            for b, row in enumerate(rows):
+                if row.finish_reason is None:
+                    piece = row.push(int(tokens[b]), now)
+                    if piece and stream is not None:
+                        stream(row.prompt.index, piece)
+            if all(row.finish_reason is not None for row in rows):
+                break
+            length = cache.length
+            mask[:, length] = 1  # stopped rows too: they are fed pad tokens, as transformers does
+            seen = mask[:, :length + 1]
+            step_feeds = {"input_ids": tokens[:, None].astype(self.token_dtype), "attention_mask": seen,
+                          "position_ids": (seen.sum(axis=1, keepdims=True) - 1).astype(self.token_dtype)}
+            outputs = self._run({**step_feeds, **cache.feeds()}, cache, 1)
+        prompt_tokens = sum(len(p.ids) for p in prompts)
+        results = []
+        for row in rows:
+            decode_s = (row.done_at or first_at) - first_at
+            n = len(row.tokens) - 1
+            results.append(row.result({
+                "time_to_first_token_s": first_at - started, "prefill_s": prefill_s,
+                "prefill_tokens_per_s": prompt_tokens / prefill_s if prefill_s > 0 else None,
+                "decode_s": decode_s, "decode_tokens_per_s": n / decode_s if n > 0 and decode_s > 0 else None,
+                "batch_size": batch}))
+        return results
+
+    def _choose(self, logits: np.ndarray, rows: Sequence[_Row], cfg: GenerationConfig,
+                rngs: Sequence[np.random.Generator] | None) -> np.ndarray:
+        active = [b for b, row in enumerate(rows) if row.finish_reason is None]  # stopped rows' logits are unused
+        if not np.isfinite(logits[active]).all():
+            bad = sorted({active[int(i)] for i in np.argwhere(~np.isfinite(logits[active]))[:, 0]})
+            raise BackendError(f"logits have NaN or inf for batch rows {bad[:10]} (prompts "
+                               f"{[rows[b].prompt.index for b in bad[:10]]}): the next token is undefined. Fix: run "
+                               f"with the ort-cpu backend to tell a backend precision problem from a broken model.")
+        if cfg.do_sample:
+            tokens = sampling.sample(logits, rngs, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p)
+        else:
+            tokens = sampling.greedy(logits)
+        for b, row in enumerate(rows):
+            if row.finish_reason is not None:
+                tokens[b] = self.spec.pad_token_id
+            elif (forced := row.forced()) is not None:
+                tokens[b] = forced
+        return tokens
+
+    def _run(self, feeds: dict[str, np.ndarray], cache, new: int) -> dict[str, np.ndarray]:
+        outputs = self.backend.run(feeds)
+        batch, total = feeds["attention_mask"].shape
+        logits, present = outputs.get("logits"), outputs.get(self.names[0][1])
+        want = (batch, self.spec.num_kv_heads, total, self.spec.head_dim)
+        if logits is None or logits.shape[:2] != (batch, new) or present is None or present.shape != want:
+            raise BundleError(f"the graph returned logits {getattr(logits, 'shape', None)} and {self.names[0][1]} "
+                              f"{getattr(present, 'shape', None)} for {new} new tokens over {total} positions; the "
+                              f"contract wants ({batch}, {new}, V) and {want}. Fix: re-export the model with "
+                              f"edgekit.decoder.export and recompile the bundle.")
+        cache.update(outputs, new)
+        return outputs
