@@ -319,7 +319,8 @@ def _generation_options(args: argparse.Namespace) -> dict[str, Any]:
     from .errors import InputError
     from .generate import GenerationConfig
 
-    options: dict[str, Any] = {name: getattr(args, name) for name in ("max_new_tokens", *SAMPLING_FLAGS)
+    options: dict[str, Any] = {name: getattr(args, name) for name in ("max_new_tokens", "min_new_tokens",
+                                                                      *SAMPLING_FLAGS)
                                if getattr(args, name) is not None}
     sampling = [f"--{n.replace('_', '-')}" for n in SAMPLING_FLAGS if n in options]
     if args.greedy and (args.do_sample or sampling):
@@ -527,6 +528,9 @@ def build_parser() -> argparse.ArgumentParser:
                    help="print the result as JSON: text, token_ids, finish_reason, reasoning, counts, timings")
     p.add_argument("--max-new-tokens", type=_positive_int, default=None, metavar="N",
                    help="most tokens to generate (default: the bundle's; prompt + N must fit its max_context)")
+    p.add_argument("--min-new-tokens", type=int, default=None, metavar="N",
+                   help="generate at least N tokens: end-of-sequence and stop token ids are not chosen before "
+                        "(default 0)")
     sampling = p.add_argument_group("decoding (default: the bundle's, usually greedy)")
     sampling.add_argument("--do-sample", action="store_true", help="sample instead of taking the most likely token")
     sampling.add_argument("--greedy", action="store_true", help="always take the most likely token")

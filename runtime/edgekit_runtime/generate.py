@@ -51,6 +51,8 @@ class GenerationConfig:
     the bundle's chat template when it has one, True requires it, False feeds the prompt as is."""
 
     max_new_tokens: int = 256
+    # eos (and stop token ids) cannot be chosen before this many new tokens (transformers' min_new_tokens)
+    min_new_tokens: int = 0
     do_sample: bool = False
     temperature: float = 1.0
     top_k: int = 0
@@ -64,6 +66,10 @@ class GenerationConfig:
 
     def __post_init__(self):
         _positive("max_new_tokens", self.max_new_tokens)
+        _positive("min_new_tokens", self.min_new_tokens, zero=True)
+        if self.min_new_tokens > self.max_new_tokens:
+            raise InputError(f"min_new_tokens={self.min_new_tokens} exceeds max_new_tokens={self.max_new_tokens}. "
+                             f"Fix: pass min_new_tokens <= max_new_tokens.")
         _positive("top_k", self.top_k, zero=True)
         _positive("batch_size", self.batch_size)
         if not isinstance(self.do_sample, bool):
@@ -428,6 +434,11 @@ class Generator:
             raise BackendError(f"logits have NaN or inf for batch rows {bad[:10]} (prompts "
                                f"{[rows[b].prompt.index for b in bad[:10]]}): the next token is undefined. Fix: run "
                                f"with the ort-cpu backend to tell a backend precision problem from a broken model.")
+        early = [b for b in active if len(rows[b].tokens) < cfg.min_new_tokens]
+        if early:  # too soon to stop: eos and stop ids are not candidates (logits are the backend's: copy)
+            banned = sorted(rows[0].eos | rows[0].stop_ids)
+            logits = logits.copy()
+            logits[np.ix_(early, banned)] = -np.inf
         if cfg.do_sample:
             tokens = sampling.sample(logits, rngs, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p)
         else:

@@ -597,6 +597,31 @@ def test_rows_that_hit_eos_stop_and_the_others_match_transformers(qwen):
     assert reasons[1] == "eos" and len(results[1].token_ids) == at + 1 and "length" in reasons
 
 
+def test_min_new_tokens_holds_eos_back_like_transformers(qwen):
+    """With an eos id row 1 emits early, min_new_tokens=N keeps every row going for N tokens, token
+    for token what transformers' min_new_tokens gives; eos may end a row after that."""
+    import edgekit_runtime as rt
+
+    free = qwen.hf_generate(QWEN_PROMPTS, 24, qwen.tok.eos_token_id)
+    row = free[1]
+    at = next(p for p in range(4, 12) if row[p] not in row[:p])
+    extra = row[at]
+    enc = qwen.tok(QWEN_PROMPTS, padding=True, return_tensors="pt")
+    with qwen.torch.no_grad():
+        expected = qwen.model.generate(**enc, max_new_tokens=24, min_new_tokens=16, do_sample=False,
+                                       eos_token_id=[qwen.tok.eos_token_id, extra],
+                                       pad_token_id=qwen.tok.pad_token_id)[:, enc["input_ids"].shape[1]:].tolist()
+    with rt.load(qwen.bundle_with_eos(extra)) as model:
+        held = model.generate(QWEN_PROMPTS, max_new_tokens=24, min_new_tokens=16, chat=False)
+        free_run = model.generate(QWEN_PROMPTS, max_new_tokens=24, chat=False)
+        with pytest.raises(rt.InputError, match="min_new_tokens=30 exceeds max_new_tokens=24"):
+            model.generate(QWEN_PROMPTS, max_new_tokens=24, min_new_tokens=30, chat=False)
+    assert free_run[1].finish_reason == "eos" and len(free_run[1].token_ids) == at + 1
+    for hf, got in zip(expected, held):
+        assert len(got.token_ids) >= 16 and got.token_ids == hf[:len(got.token_ids)]
+        assert extra not in got.token_ids[:16] and qwen.tok.eos_token_id not in got.token_ids[:16]
+
+
 def test_chat_prompts_are_the_tokenizer_s_apply_chat_template(qwen_model, qwen):
     messages = [{"role": "user", "content": "the cat"}, {"role": "assistant", "content": "runs fast."},
                 {"role": "user", "content": "and the dog?"}]
