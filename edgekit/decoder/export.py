@@ -155,10 +155,18 @@ def _rms_norm(norm: nn.Module, x: torch.Tensor) -> torch.Tensor:
     return (x / torch.sqrt(x.pow(2).mean(-1, keepdim=True) + norm.variance_epsilon)) * norm.weight
 
 
-def _rotate(x: torch.Tensor, cos: torch.Tensor, sin_signed: torch.Tensor, half: int) -> torch.Tensor:
-    # rotate_half(x) * sin == cat(x2, x1) * cat(-sin, sin): no Neg per layer. ``half`` is a Python int
-    # (head_dim / 2) so the Slices get constant bounds rather than a Shape computation.
-    return x * cos + torch.cat((x[..., half:], x[..., :half]), dim=-1) * sin_signed
+def rotate_half_matrix(dim: int) -> torch.Tensor:
+    """R with x @ R == cat(-x[half:], x[:half]) (transformers' rotate_half): one small MatMul per RoPE
+    instead of Slice, Slice, Neg and Concat. Entries are 0 and +-1, so the product is exact."""
+    half = dim // 2
+    r = torch.zeros(dim, dim)
+    r[torch.arange(half) + half, torch.arange(half)] = -1.0
+    r[torch.arange(half), torch.arange(half) + half] = 1.0
+    return r
+
+
+def _rotate(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, rotation: torch.Tensor) -> torch.Tensor:
+    return x * cos + torch.matmul(x, rotation) * sin
 
 
 class _TiedLogits(torch.autograd.Function):
@@ -180,10 +188,30 @@ class _TiedLogits(torch.autograd.Function):
         return g.op("Reshape", logits, shape)
 
 
+def _plain(*modules: nn.Module) -> bool:
+    """Plain fp32 nn.Linear (not a QAT QuantLinear): safe to fuse into one MatMul."""
+    return all(type(m) is nn.Linear for m in modules)
+
+
+def _fused(linears: Sequence[nn.Linear], scales: Sequence[float]) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """One (sum of outs, in) weight and bias from several Linears reading the same input."""
+    weight = torch.cat([m.weight.detach() * s for m, s in zip(linears, scales)], 0)
+    if all(m.bias is None for m in linears):
+        return weight, None
+    bias = torch.cat([(m.bias.detach() if m.bias is not None else torch.zeros(m.out_features)) * s
+                      for m, s in zip(linears, scales)], 0)
+    return weight, bias
+
+
 class ExportableDecoder(nn.Module):
     """forward(input_ids, attention_mask, position_ids, *past) -> (logits, *present), per docs/decoder.md.
 
     ``past`` is flat (k0, v0, k1, v1, ...), each (batch, H_kv, past_sequence, D); int32 or int64 ids.
+
+    Fewer, larger ops (a decode step's cost on a CPU is as much per-node overhead as arithmetic):
+    where Q, K and V are plain Linears they run as one MatMul (the attention scale folded into the
+    query rows), RoPE rotates queries and keys together, and gate / up run as one MatMul. QAT
+    (QuantLinear) layers keep one MatMul per Linear, each with its own activation quantizer.
     """
 
     def __init__(self, model: nn.Module):
@@ -194,16 +222,37 @@ class ExportableDecoder(nn.Module):
         inv_freq, self.attention_scaling = rope_inverse_frequencies(model)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
         self.register_buffer("mask_fill", torch.tensor(MASK_FILL), persistent=False)
+        self.register_buffer("rotation", rotate_half_matrix(self.shape.head_dim))
         self.query_scale = self.shape.head_dim ** -0.5
         # query heads per KV head, per layer (pruning may leave layers with different query heads)
         self.groups = [layer.self_attn.q_proj.out_features // (self.shape.num_kv_heads * self.shape.head_dim)
                        for layer in model.model.layers]
+        # Fused weights are buffers, so the exporter writes them as initializers (external data applies).
+        self.qkv: set[int] = set()
+        self.gate_up: set[int] = set()
+        for i, layer in enumerate(model.model.layers):
+            attn, mlp = layer.self_attn, layer.mlp
+            if _plain(attn.q_proj, attn.k_proj, attn.v_proj):
+                self._add_fused(f"qkv_{i}", (attn.q_proj, attn.k_proj, attn.v_proj), (self.query_scale, 1.0, 1.0))
+                self.qkv.add(i)
+            if _plain(mlp.gate_proj, mlp.up_proj):
+                self._add_fused(f"gate_up_{i}", (mlp.gate_proj, mlp.up_proj), (1.0, 1.0))
+                self.gate_up.add(i)
+
+    def _add_fused(self, name: str, linears, scales) -> None:
+        weight, bias = _fused(linears, scales)
+        self.register_buffer(f"{name}_weight", weight)  # persistent: the exporter makes it an initializer
+        self.register_buffer(f"{name}_bias", bias)
+
+    def _fused_linear(self, name: str, x):
+        return nn.functional.linear(x, getattr(self, f"{name}_weight"), getattr(self, f"{name}_bias"))
 
     def _rope(self, position_ids: torch.Tensor):
-        """cos and signed sin, (B, S, 1, D), for keys and (attention scale folded in) for queries."""
+        """cos and sin, (B, 1, S, D): keys as they are, queries with the attention scale folded in
+        (for layers whose query projection is not fused with the scale already)."""
         freqs = position_ids.float().unsqueeze(-1) * self.inv_freq
         cos, sin = freqs.cos(), freqs.sin()
-        cos, sin = torch.cat((cos, cos), -1).unsqueeze(2), torch.cat((-sin, sin), -1).unsqueeze(2)
+        cos, sin = torch.cat((cos, cos), -1).unsqueeze(1), torch.cat((sin, sin), -1).unsqueeze(1)
         if self.attention_scaling != 1.0:
             cos, sin = cos * self.attention_scaling, sin * self.attention_scaling
         return (cos * self.query_scale, sin * self.query_scale), (cos, sin)
@@ -216,20 +265,35 @@ class ExportableDecoder(nn.Module):
         causal = torch.arange(total).unsqueeze(0) <= query.unsqueeze(1)
         return (causal.unsqueeze(0) & attention_mask.bool().unsqueeze(1)).unsqueeze(1)
 
-    def _attention(self, attn: nn.Module, group: int, x, rope_q, rope_k, allowed, past_key, past_value, batch, seq):
-        kv, dim = self.shape.num_kv_heads, self.shape.head_dim
-        q = _rotate(attn.q_proj(x).view(batch, seq, kv * group, dim), *rope_q, dim // 2)   # (B, S, H, D)
-        k = _rotate(attn.k_proj(x).view(batch, seq, kv, dim), *rope_k, dim // 2)           # (B, S, Hkv, D)
-        v = attn.v_proj(x).view(batch, seq, kv, dim)
-        key = torch.cat((past_key, k.transpose(1, 2)), 2)                        # (B, Hkv, T, D)
-        value = torch.cat((past_value, v.transpose(1, 2)), 2)
-        # GQA without repeating KV: query head h = kv_head * group + g; rows of KV head kv_head are (g, s)
-        q = q.view(batch, seq, kv, group, dim).permute(0, 2, 3, 1, 4).reshape(batch, kv, group * seq, dim)
-        scores = torch.matmul(q, key.transpose(2, 3)).view(batch, kv, group, seq, -1)   # (B, Hkv, G, S, T)
-        scores = torch.where(allowed, scores, self.mask_fill)
-        probs = torch.softmax(scores, dim=-1).view(batch, kv, group * seq, -1)
-        out = torch.matmul(probs, value).view(batch, kv, group, seq, dim).permute(0, 3, 1, 2, 4)
+    def _qkv(self, i: int, attn: nn.Module, x, rope_q, rope_k, batch, seq):
+        """Rotated, scaled queries (B, H, S, D) and rotated keys and values (B, H_kv, S, D)."""
+        kv, dim, heads = self.shape.num_kv_heads, self.shape.head_dim, self.groups[i] * self.shape.num_kv_heads
+        if i in self.qkv:
+            qkv = self._fused_linear(f"qkv_{i}", x).view(batch, seq, heads + 2 * kv, dim).transpose(1, 2)
+            qk, v = torch.split(qkv, [heads + kv, kv], dim=1)
+            q, k = torch.split(_rotate(qk, *rope_k, self.rotation), [heads, kv], dim=1)  # scale is in the weights
+            return q, k, v
+        q = _rotate(attn.q_proj(x).view(batch, seq, heads, dim).transpose(1, 2), *rope_q, self.rotation)
+        k = _rotate(attn.k_proj(x).view(batch, seq, kv, dim).transpose(1, 2), *rope_k, self.rotation)
+        return q, k, attn.v_proj(x).view(batch, seq, kv, dim).transpose(1, 2)
+
+    def _attention(self, i: int, attn: nn.Module, x, rope_q, rope_k, allowed, past_key, past_value, batch, seq):
+        kv, dim, group = self.shape.num_kv_heads, self.shape.head_dim, self.groups[i]
+        q, k, v = self._qkv(i, attn, x, rope_q, rope_k, batch, seq)
+        key, value = torch.cat((past_key, k), 2), torch.cat((past_value, v), 2)    # (B, H_kv, T, D)
+        # GQA without repeating KV: query head h = kv_head * group + g, so the rows of KV head kv_head
+        # are its group's (g, s) pairs; ``allowed`` comes tiled to (B, 1, group * S, T).
+        scores = torch.matmul(q.reshape(batch, kv, group * seq, dim), key.transpose(2, 3))
+        probs = torch.softmax(torch.where(allowed, scores, self.mask_fill), dim=-1)
+        out = torch.matmul(probs, value).view(batch, kv * group, seq, dim).transpose(1, 2)
         return attn.o_proj(out.reshape(batch, seq, kv * group * dim)), key, value
+
+    def _mlp(self, i: int, mlp: nn.Module, x):
+        if i in self.gate_up:
+            gate, up = torch.split(self._fused_linear(f"gate_up_{i}", x), mlp.gate_proj.out_features, dim=-1)
+        else:
+            gate, up = mlp.gate_proj(x), mlp.up_proj(x)
+        return mlp.down_proj(gate * torch.sigmoid(gate) * up)
 
     def forward(self, input_ids, attention_mask, position_ids, *past):
         inner = self.model.model
@@ -239,16 +303,18 @@ class ExportableDecoder(nn.Module):
         batch, seq = input_ids.shape[0], input_ids.shape[1]   # read once: one Shape for all layers' Reshapes
         hidden = inner.embed_tokens(input_ids)
         rope_q, rope_k = self._rope(position_ids)
-        allowed = self._allowed(attention_mask, seq).unsqueeze(1)   # (B, 1, 1, S, T)
+        allowed = self._allowed(attention_mask, seq)           # (B, 1, S, T)
+        tiled: dict[int, torch.Tensor] = {}                    # per group size: (B, 1, group * S, T), built once
         present = []
         for i, layer in enumerate(inner.layers):
+            group = self.groups[i]
+            if group not in tiled:
+                tiled[group] = allowed if group == 1 else torch.cat([allowed] * group, dim=2)  # rows (g, s)
             x = _rms_norm(layer.input_layernorm, hidden)
-            out, key, value = self._attention(layer.self_attn, self.groups[i], x, rope_q, rope_k, allowed,
+            out, key, value = self._attention(i, layer.self_attn, x, rope_q, rope_k, tiled[group],
                                               past[2 * i], past[2 * i + 1], batch, seq)
             hidden = hidden + out
-            mlp, x = layer.mlp, _rms_norm(layer.post_attention_layernorm, hidden)
-            gate = mlp.gate_proj(x)
-            hidden = hidden + mlp.down_proj(gate * torch.sigmoid(gate) * mlp.up_proj(x))
+            hidden = hidden + self._mlp(i, layer.mlp, _rms_norm(layer.post_attention_layernorm, hidden))
             present += [key, value]
         hidden = _rms_norm(inner.norm, hidden)
         head = self.model.lm_head
@@ -258,8 +324,6 @@ class ExportableDecoder(nn.Module):
             logits = head(hidden)
         return (logits, *present)
 
-
-# ----------------------------------------------------------------------------------- export
 
 def _example_inputs(shape, batch: int, dtype: torch.dtype, past: int = 3, seq: int = 2) -> tuple:
     """Sizes all distinct from each other so the tracer cannot tie one dynamic axis to another."""
