@@ -258,16 +258,44 @@ class GenaiSystem:
                 "tokens": n}
 
 
-def decode_speed(work: Path, threads: int, rounds: int, new: int) -> dict:
-    from transformers import AutoTokenizer
+def reference_scale_model(work: Path) -> Path:
+    """A 28.9M-parameter Qwen2 (hidden 512, 6 layers, 8 query / 2 KV heads, SwiGLU 1376, 24,002-token
+    vocabulary, tied embeddings), random weights: the issue's reference scale for decode speed, where
+    arithmetic rather than per-op overhead sets the pace. Speed does not depend on the weights."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
+    from edgekit.decoder.bundle import write_decoder_bundle
+    from edgekit.decoder.export import export_decoder
+    from edgekit.decoder.toy import tiny_config
+
+    out = work / "reference-scale"
+    if (out / "bundle" / "manifest.json").is_file():
+        return out
+    vocab = {f"w{i}": i for i in range(24000)}
+    vocab.update({"<|endoftext|>": 24000, "<|pad|>": 24001})
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<|pad|>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tok = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|endoftext|>", pad_token="<|pad|>")
+    torch.manual_seed(0)
+    config = tiny_config("qwen2", vocab_size=len(vocab), hidden_size=512, layers=6, heads=8, kv_heads=2,
+                         intermediate_size=1376, tie_word_embeddings=True, eos_token_id=24000, pad_token_id=24001)
+    model = AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
+    model.generation_config.eos_token_id = 24000
+    model.generation_config.pad_token_id = 24001
+    model.save_pretrained(out / "hf")
+    tok.save_pretrained(out / "hf")
+    graph = export_decoder(model, out / "graph" / "model.onnx")
+    write_decoder_bundle(model, tok, graph, out / "bundle", max_context=512, overwrite=True)
+    return out
+
+
+def decode_speed(hf_dir: Path, bundles: dict[str, Path], genai_dir: Path, threads: int, rounds: int, new: int,
+                 prompts: list[list[int]]) -> dict:
     torch.set_num_threads(threads)
-    tok = AutoTokenizer.from_pretrained(str(work / "student"))
-    prompts = [tok(p, add_special_tokens=False).input_ids for p in PROMPTS[:3]]
-    systems = {"edgekit runtime fp32": RuntimeSystem(work / "student-fp32", threads),
-               "edgekit runtime int8": RuntimeSystem(work / "student-int8", threads),
-               "onnxruntime-genai fp32": GenaiSystem(work / "student", work / "genai-student", threads),
-               "transformers generate": TransformersSystem(work / "student")}
+    systems = {f"edgekit runtime {name}": RuntimeSystem(path, threads) for name, path in bundles.items()}
+    systems["onnxruntime-genai fp32"] = GenaiSystem(hf_dir, genai_dir, threads)
+    systems["transformers generate"] = TransformersSystem(hf_dir)
     names = list(systems)
     for name in names:  # warm-up
         for ids in prompts:
@@ -288,8 +316,24 @@ def decode_speed(work: Path, threads: int, rounds: int, new: int) -> dict:
     peer = table["onnxruntime-genai fp32"]["decode_tokens_per_s_median"]
     for name in names:
         table[name]["decode_vs_genai"] = table[name]["decode_tokens_per_s_median"] / peer
-    return {"new_tokens": new, "prompt_tokens": [len(p) for p in prompts], "rounds": rounds, "threads": threads,
-            "systems": table}
+    params = sum(p.numel() for p in systems["transformers generate"].model.parameters())
+    return {"params": params, "new_tokens": new, "prompt_tokens": [len(p) for p in prompts], "rounds": rounds,
+            "threads": threads, "systems": table}
+
+
+def speed_runs(work: Path, args) -> dict:
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(str(work / "student"))
+    prompts = [tok(p, add_special_tokens=False).input_ids for p in PROMPTS[:3]]
+    student = decode_speed(work / "student", {"fp32": work / "student-fp32", "int8": work / "student-int8"},
+                           work / "genai-student", args.threads, args.rounds, args.new_tokens, prompts)
+    ref = reference_scale_model(work)
+    rng = np.random.default_rng(0)
+    ref_prompts = [rng.integers(0, 24000, size=len(p)).tolist() for p in prompts]  # same lengths, random words
+    reference = decode_speed(ref / "hf", {"fp32": ref / "bundle"}, ref / "genai", args.threads, args.rounds,
+                             args.new_tokens, ref_prompts)
+    return {"benchmark student": student, "reference scale (random weights)": reference}
 
 
 # ---------------------------------------------------------------- report
@@ -317,15 +361,15 @@ def render(result: dict) -> str:
         lines.append(f"greedy equality, {name}: {eq['prompts']} prompts x {eq['new_tokens']} new tokens; equal to "
                      f"transformers generate one by one {ok[0]}/{eq['prompts']}, as a left-padded batch "
                      f"{ok[1]}/{eq['prompts']}")
-    sp = result["speed"]
-    lines += ["", f"Decode speed, batch 1, {sp['new_tokens']} new tokens, prompts of {sp['prompt_tokens']} tokens, "
-              f"{sp['rounds']} interleaved rounds, {sp['threads']} threads:", "",
-              "| system | decode tokens/s (median) | p10 | vs onnxruntime-genai | time to first token | prefill tokens/s |",
-              "|---|---|---|---|---|---|"]
-    for name, row in sp["systems"].items():
-        lines.append(f"| {name} | {row['decode_tokens_per_s_median']:.1f} | {row['decode_tokens_per_s_p10']:.1f} | "
-                     f"{row['decode_vs_genai']:.3f}x | {row['ttft_ms_median']:.2f} ms | "
-                     f"{row['prefill_tokens_per_s_median']:.0f} |")
+    for title, sp in result["speed"].items():
+        lines += ["", f"Decode speed, {title} ({sp['params']:,} params), batch 1, {sp['new_tokens']} new tokens, "
+                  f"prompts of {sp['prompt_tokens']} tokens, {sp['rounds']} interleaved rounds, {sp['threads']} threads:",
+                  "", "| system | decode tokens/s (median) | p10 | vs onnxruntime-genai | time to first token | "
+                  "prefill tokens/s |", "|---|---|---|---|---|---|"]
+        for name, row in sp["systems"].items():
+            lines.append(f"| {name} | {row['decode_tokens_per_s_median']:.1f} | {row['decode_tokens_per_s_p10']:.1f} | "
+                         f"{row['decode_vs_genai']:.3f}x | {row['ttft_ms_median']:.2f} ms | "
+                         f"{row['prefill_tokens_per_s_median']:.0f} |")
     return "\n".join(lines)
 
 
@@ -333,7 +377,7 @@ def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--work", default="/tmp/edgekit-decoder-bench", help="work directory (teacher reused if present)")
     ap.add_argument("--json", default=None, help="write every figure here (and the table next to it as .txt)")
-    ap.add_argument("--teacher-steps", type=int, default=800)
+    ap.add_argument("--teacher-steps", type=int, default=1600)
     ap.add_argument("--distill-steps", type=int, default=400)
     ap.add_argument("--qat-steps", type=int, default=60)
     ap.add_argument("--eval-texts", type=int, default=1000)
@@ -350,7 +394,7 @@ def main(argv=None) -> int:
     result["compile"] = compile_student(work, teacher, args)
     result["equality"] = {"student fp32 bundle": greedy_equality(work / "student-fp32", work / "student", 64, args.threads),
                           "teacher fp32 bundle": greedy_equality(work / "teacher-fp32", teacher, 64, args.threads)}
-    result["speed"] = decode_speed(work, args.threads, args.rounds, args.new_tokens)
+    result["speed"] = speed_runs(work, args)
     text = render(result)
     print(text)
     if args.json:
