@@ -120,3 +120,25 @@ def test_bad_flags_fail_before_training(workspace, tmp_path):
     result = CliRunner().invoke(main, ["compile-lm", "--profile", "x86-64-cpu", "--teacher", str(tmp_path)])
     assert result.exit_code == 1 and "config.json" in result.output
     assert not (tmp_path / "x").exists() and not (tmp_path / "y").exists()
+
+
+@pytest.mark.slow
+def test_distill_from_an_on_disk_teacher_cache(workspace, tmp_path):
+    """distill.teacher_cache_top_k: the teacher's top-k goes to disk (the size estimate_bytes predicts),
+    the teacher is freed, and the student trains from the cache to a working fp32 bundle."""
+    from edgekit.decoder.topk_cache import estimate_bytes
+
+    recipe = tmp_path / "cache.toml"
+    recipe.write_text((workspace / "recipe.toml").read_text().replace(
+        "[distill]\n", "[distill]\nmax_texts = 120\nteacher_cache_top_k = 16\n"), encoding="utf-8")
+    out = tmp_path / "bundle"
+    result = CliRunner().invoke(main, ["compile-lm", "--profile", "x86-64-cpu", "--teacher", str(workspace / "teacher"),
+                                       "--data", str(workspace / "corpus.txt"), "--recipe", str(recipe),
+                                       "--max-length", "32", "--threads", "1", "--layers", "2", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    distill = next(p for p in manifest["pass_log"] if p["name"] == "distill")["figures"]
+    assert distill["examples"] == 120
+    assert distill["teacher_cache_bytes"] == distill["teacher_cache_estimate"] == estimate_bytes(120, 32, 16, 300)
+    assert "the teacher is freed" in result.output
+    assert manifest["figures"]["student"]["test_perplexity"] < manifest["figures"]["teacher"]["test_perplexity"] * 1.5

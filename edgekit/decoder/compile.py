@@ -68,10 +68,21 @@ class LMDistillStage:
     steps: int = 300
     batch_size: int = 16
     learning_rate: float = 1e-3
+    max_texts: int | None = None      # distill over the first N training texts (None: all)
+    # k: fill an on-disk cache of the teacher's top-k logits first (edgekit.decoder.topk_cache), then
+    # free the teacher; the student trains from the cache. None: the live teacher runs every step.
+    teacher_cache_top_k: int | None = None
     loss: CausalDistillConfig = field(default_factory=CausalDistillConfig)
 
     def __post_init__(self):
         _require(self.steps > 0, "distill", "steps", self.steps, "must be positive", "use e.g. 300")
+        _require(self.max_texts is None or self.max_texts > 0, "distill", "max_texts", self.max_texts,
+                 "must be positive", "remove it to use every training text")
+        _require(self.teacher_cache_top_k is None or self.teacher_cache_top_k > 0, "distill",
+                 "teacher_cache_top_k", self.teacher_cache_top_k, "must be positive", "use e.g. 64, or remove it")
+        _require(not (self.teacher_cache_top_k and self.loss.sequence_kd), "distill", "teacher_cache_top_k",
+                 self.teacher_cache_top_k, "sequence-level KD needs the live teacher to generate",
+                 "drop teacher_cache_top_k or set loss.sequence_kd = false")
 
 
 @dataclass(frozen=True)
@@ -245,10 +256,27 @@ def pass_distill(state: LMState) -> dict[str, Any]:
     from .train import distill_causal
 
     cfg = state.recipe.distill
-    figures = distill_causal(state.model, state.teacher, state.tokenizer, state.splits.train, cfg.loss,
-                             steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.learning_rate,
-                             max_length=state.recipe.max_length, progress=_progress(state), seed=state.recipe.seed)
-    return {k: v for k, v in figures.items() if not isinstance(v, list)}
+    texts = list(state.splits.train[:cfg.max_texts] if cfg.max_texts else state.splits.train)
+    teacher, extra = state.teacher, {}
+    if cfg.teacher_cache_top_k:
+        from .topk_cache import TopKCache, estimate_bytes
+        from .train import text_batches
+
+        vocab = state.teacher.config.vocab_size
+        cache = TopKCache(state.workdir / "teacher-topk", len(texts), state.recipe.max_length,
+                          cfg.teacher_cache_top_k, vocab, pad_token_id=state.tokenizer.pad_token_id)
+        start = time.perf_counter()
+        teacher = cache.fill(state.teacher, text_batches(state.tokenizer, texts, state.recipe.max_length, 16))
+        extra = {"teacher_cache_bytes": cache.nbytes, "teacher_cache_seconds": round(time.perf_counter() - start, 1),
+                 "teacher_cache_estimate": estimate_bytes(len(texts), state.recipe.max_length,
+                                                          cfg.teacher_cache_top_k, vocab)}
+        state.echo(f"      teacher top-{cfg.teacher_cache_top_k} cache: {cache.nbytes:,} bytes on disk for "
+                   f"{len(texts):,} texts; the teacher is freed for the student's training")
+        state.teacher = None  # the cache is all the student needs; nothing later reads the teacher
+    figures = distill_causal(state.model, teacher, state.tokenizer, texts, cfg.loss, steps=cfg.steps,
+                             batch_size=cfg.batch_size, lr=cfg.learning_rate, max_length=state.recipe.max_length,
+                             progress=_progress(state), seed=state.recipe.seed)
+    return {**{k: v for k, v in figures.items() if not isinstance(v, list)}, **extra}
 
 
 def pass_evaluate_student(state: LMState) -> dict[str, Any]:
