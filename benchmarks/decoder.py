@@ -31,6 +31,7 @@ import sys
 import time
 from pathlib import Path
 
+import edgekit_runtime  # noqa: F401  (first: it turns onnxruntime's telemetry off before onnxruntime loads)
 import numpy as np
 import torch
 
