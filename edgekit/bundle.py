@@ -78,15 +78,22 @@ def engine_plan(state: "CompileState") -> dict[str, Any] | None:
     return plan
 
 
-def build_manifest(state: "CompileState") -> dict[str, Any]:
-    """Every manifest section except ``files`` (write_bundle fills it)."""
-    tok = state.tokenizer
-    profile = state.profile
+def header_sections(profile: "DeviceProfile") -> dict[str, Any]:
+    """The sections every bundle's manifest starts with: who wrote it, when, where, for which profile."""
     return {
         "edgekit_version": __version__,
         "created_utc": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
         "host": {"python": platform.python_version(), "machine": platform.machine()},
         "profile": {"name": profile.name, "sha256": profile.sha256, "data": profile.to_dict()},
+    }
+
+
+def build_manifest(state: "CompileState") -> dict[str, Any]:
+    """Every manifest section except ``files`` (write_bundle fills it)."""
+    tok = state.tokenizer
+    profile = state.profile
+    return {
+        **header_sections(profile),
         "task": state.adapter.manifest_task(state.label_names),
         "model": {"file": MODEL_FILE, "precision": state.precision,
                   "int8": ({"method": state.recipe.quantize.method,

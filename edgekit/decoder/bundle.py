@@ -8,15 +8,12 @@ min / opt / max shapes of the past-KV inputs as well as of the token inputs.
 
 from __future__ import annotations
 
-import datetime as _dt
-import platform
 from pathlib import Path
 from typing import Any, Mapping
 
 import onnx
 
-from .. import __version__
-from ..bundle import MODEL_FILE, TOKENIZER_FILE, _io_spec, _tokenizer_json
+from ..bundle import MODEL_FILE, TOKENIZER_FILE, _io_spec, _tokenizer_json, header_sections
 from ..tasks.causal_lm import causal_lm_task_section
 from .arch import DecoderError, decoder_shape
 
@@ -76,10 +73,7 @@ def write_decoder_bundle(model, tokenizer, onnx_path: str | Path, out_dir: str |
     shape = decoder_shape(model)
     task = causal_lm_task_section(tokenizer, model, max_context=max_context, generation=generation)
     manifest = {
-        "edgekit_version": __version__,
-        "created_utc": _dt.datetime.now(_dt.timezone.utc).replace(microsecond=0).isoformat(),
-        "host": {"python": platform.python_version(), "machine": platform.machine()},
-        "profile": {"name": profile.name, "sha256": profile.sha256, "data": profile.to_dict()},
+        **header_sections(profile),
         "task": task,
         "model": {"file": MODEL_FILE, "precision": precision, "int8": dict(int8) if int8 else None,
                   "opset": profile.opset, "rewrite_rules": list(rewrite_rules), **_io_spec(onnx_path)},
