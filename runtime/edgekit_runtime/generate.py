@@ -436,9 +436,9 @@ class Generator:
                                f"with the ort-cpu backend to tell a backend precision problem from a broken model.")
         early = [b for b in active if len(rows[b].tokens) < cfg.min_new_tokens]
         if early:  # too soon to stop: eos and stop ids are not candidates (logits are the backend's: copy)
-            banned = sorted(rows[0].eos | rows[0].stop_ids)
+            banned = np.fromiter(rows[0].eos | rows[0].stop_ids, dtype=np.int64)
             logits = logits.copy()
-            logits[np.ix_(early, banned)] = -np.inf
+            logits[np.asarray(early)[:, None], banned] = -np.inf
         if cfg.do_sample:
             tokens = sampling.sample(logits, rngs, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p)
         else:
