@@ -291,22 +291,44 @@ def reference_scale_model(work: Path) -> Path:
     return out
 
 
+def _make_system(kind: str, hf_dir: Path, bundle: Path | None, genai_dir: Path, threads: int):
+    if kind == "runtime":
+        return RuntimeSystem(bundle, threads)
+    if kind == "genai":
+        return GenaiSystem(hf_dir, genai_dir, threads)
+    torch.set_num_threads(threads)
+    return TransformersSystem(hf_dir)
+
+
+def speed_worker(spec: dict) -> list[dict]:
+    """One system alone in this process: warm up, then time every prompt ``reps`` times."""
+    system = _make_system(spec["kind"], Path(spec["hf_dir"]), Path(spec["bundle"]) if spec["bundle"] else None,
+                          Path(spec["genai_dir"]), spec["threads"])
+    for ids in spec["prompts"]:
+        system.run(ids, 8)
+    return [system.run(ids, spec["new"]) for _ in range(spec["reps"]) for ids in spec["prompts"]]
+
+
 def decode_speed(hf_dir: Path, bundles: dict[str, Path], genai_dir: Path, threads: int, rounds: int, new: int,
                  prompts: list[list[int]]) -> dict:
-    torch.set_num_threads(threads)
-    systems = {f"edgekit runtime {name}": RuntimeSystem(path, threads) for name, path in bundles.items()}
-    systems["onnxruntime-genai fp32"] = GenaiSystem(hf_dir, genai_dir, threads)
-    systems["transformers generate"] = TransformersSystem(hf_dir)
+    """Each system runs alone in a fresh process (no other thread pool in it: torch's OpenMP threads
+    and a second onnxruntime session spin after each call and steal the 2 cores from whoever runs
+    next, which made in-process figures swing by 2x); the processes alternate, the order rotated
+    every round, so slow and fast periods of the shared host fall on all systems alike."""
+    GenaiSystem(hf_dir, genai_dir, threads)  # build the onnxruntime-genai model once, outside the timing
+    systems = {f"edgekit runtime {name}": ("runtime", path) for name, path in bundles.items()}
+    systems["onnxruntime-genai fp32"] = ("genai", None)
+    systems["transformers generate"] = ("transformers", None)
     names = list(systems)
-    for name in names:  # warm-up
-        for ids in prompts:
-            systems[name].run(ids, 8)
     samples: dict[str, list[dict]] = {n: [] for n in names}
     for r in range(rounds):
-        order = names[r % len(names):] + names[:r % len(names)]  # rotate who goes first
-        for ids in prompts:
-            for name in order:
-                samples[name].append(systems[name].run(ids, new))
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            kind, bundle = systems[name]
+            spec = {"kind": kind, "hf_dir": str(hf_dir), "bundle": str(bundle) if bundle else None,
+                    "genai_dir": str(genai_dir), "threads": threads, "prompts": prompts, "new": new, "reps": 2}
+            out = subprocess.run([sys.executable, __file__, "--speed-worker", json.dumps(spec)], check=True,
+                                 capture_output=True, text=True).stdout
+            samples[name] += json.loads(out.strip().splitlines()[-1])
     table = {}
     for name, rows in samples.items():
         table[name] = {"decode_tokens_per_s_median": statistics.median(r["decode_tps"] for r in rows),
@@ -317,9 +339,9 @@ def decode_speed(hf_dir: Path, bundles: dict[str, Path], genai_dir: Path, thread
     peer = table["onnxruntime-genai fp32"]["decode_tokens_per_s_median"]
     for name in names:
         table[name]["decode_vs_genai"] = table[name]["decode_tokens_per_s_median"] / peer
-    params = sum(p.numel() for p in systems["transformers generate"].model.parameters())
+    params = sum(p.numel() for p in TransformersSystem(hf_dir).model.parameters())
     return {"params": params, "new_tokens": new, "prompt_tokens": [len(p) for p in prompts], "rounds": rounds,
-            "threads": threads, "systems": table}
+            "threads": threads, "processes": "one fresh process per system per round", "systems": table}
 
 
 def speed_runs(work: Path, args) -> dict:
@@ -362,7 +384,13 @@ def render(result: dict) -> str:
         lines.append(f"greedy equality, {name}: {eq['prompts']} prompts x {eq['new_tokens']} new tokens; equal to "
                      f"transformers generate one by one {ok[0]}/{eq['prompts']}, as a left-padded batch "
                      f"{ok[1]}/{eq['prompts']}")
-    for title, sp in result["speed"].items():
+    lines.append(render_speed(result["speed"]))
+    return "\n".join(lines)
+
+
+def render_speed(speed: dict) -> str:
+    lines = []
+    for title, sp in speed.items():
         lines += ["", f"Decode speed, {title} ({sp['params']:,} params), batch 1, {sp['new_tokens']} new tokens, "
                   f"prompts of {sp['prompt_tokens']} tokens, {sp['rounds']} interleaved rounds, {sp['threads']} threads:",
                   "", "| system | decode tokens/s (median) | p10 | vs onnxruntime-genai | time to first token | "
@@ -386,11 +414,25 @@ def main(argv=None) -> int:
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--new-tokens", type=int, default=64)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--speed-worker", default=None, help=argparse.SUPPRESS)  # internal: one system, one process
+    ap.add_argument("--speed-only", action="store_true",
+                    help="only the decode-speed tables, on the bundles an earlier full run left in --work")
     args = ap.parse_args(argv)
+    if args.speed_worker:
+        print(json.dumps(speed_worker(json.loads(args.speed_worker))))
+        return 0
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
     torch.set_num_threads(args.threads)
     result = {"env": environment(args.threads)}
+    if args.speed_only:
+        result["speed"] = speed_runs(work, args)
+        text = render_speed(result["speed"])
+        print(text)
+        if args.json:
+            Path(args.json).write_text(json.dumps(result, indent=2, default=str))
+            Path(args.json).with_suffix(".txt").write_text(f"commit {result['env']['commit']}\n" + text + "\n")
+        return 0
     teacher = build_teacher(work, args.teacher_steps, args.seed)
     result["compile"] = compile_student(work, teacher, args)
     result["equality"] = {"student fp32 bundle": greedy_equality(work / "student-fp32", work / "student", 64, args.threads),
