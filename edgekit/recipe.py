@@ -238,7 +238,7 @@ DEMO_OVERRIDES: dict[str, dict[str, Any]] = {
     "data": {**DEMO_DATA, "max_train": 12000, "max_validation": 1500},
     "finetune": {"max_steps": 400, "batch_size": 16, "eval_every": 200},
     "student": {"enabled": True},
-    "prune": {"layers_to_keep": 3, "heads_to_keep": 8, "head_score": "gradient"},
+    "prune": {"layers_to_keep": 3, "heads_to_keep": 8, "head_score": "gradient", "ffn_keep_ratio": 0.67},
     "student_train": {"batch_size": 16, "grad_accum": 2, "learning_rate": 1e-4, "epochs": 1.0,
                       "eval_every": 125},
     # The whole chain: QAT int8 (the Jetson profiles' QDQ; the CPU profiles' int8_format is qdq too).
