@@ -875,3 +875,9 @@ def test_chunked_prefill_on_the_graph_still_equals_transformers(qwen_model, qwen
     finally:
         generator.prefill_logits_bytes = saved
     assert [r.token_ids for r in got] == expected
+
+
+def test_bench_refuses_a_causal_lm_bundle_naming_the_alternative(qwen, capsys):
+    suite = Path(__file__).resolve().parents[2] / "benchmarks" / "suites" / "latency.toml"
+    code, out, err = _cli(["bench", str(qwen.bundle), "--suite", str(suite)], capsys)
+    assert code == 1 and "a causal-lm bundle" in err and "edgekit-run generate" in err

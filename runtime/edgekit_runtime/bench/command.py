@@ -48,6 +48,7 @@ def _output(args: argparse.Namespace, doc: dict[str, Any], markdown: str) -> Non
 
 def run(args: argparse.Namespace, usage_error: type[Exception]) -> int:
     """The command; returns 0, or 1 if a run failed (its error is in the result, the rest ran)."""
+    from ..errors import BundleError
     from ..model import load
     from .report import check_result, compare, compare_markdown, is_result_file, read_result, to_markdown
     from .runner import Context, run_suite
@@ -65,6 +66,12 @@ def run(args: argparse.Namespace, usage_error: type[Exception]) -> int:
         for label, path in zip("AB" if len(paths) == 2 else [Path(paths[0]).name], paths):
             progress(f"loading {path}" + (f" as {label}" if len(paths) == 2 else ""))
             model = load(path, threads=suite.threads, backend=suite.backend)
+            if model.task.name != "sequence-classification":
+                model.close()
+                raise BundleError(f"{path}: a {model.task.name} bundle; bench suites time and score text "
+                                  f"classifiers (predict). Fix: for a causal-lm bundle, time generation with "
+                                  f"`edgekit-run generate BUNDLE PROMPT --json` (its timings) or "
+                                  f"benchmarks/decoder.py.")
             out.append(Context(label, path, model, suite.threads, suite.backend, progress, verbose=args.verbose))
         return out
 
