@@ -6,8 +6,7 @@ reads them) or by weight magnitude. Higher = more important.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
@@ -15,6 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..prune.importance import eval_mode, input_gates
 from .arch import DecoderError, decoder_layers, decoder_shape
 
 if TYPE_CHECKING:
@@ -29,16 +29,6 @@ class DecoderScores:
     layer: Tensor | None = None
     head: list[Tensor] | None = None
     channel: list[Tensor] | None = None
-
-
-@contextmanager
-def _eval(model: nn.Module) -> Iterator[None]:
-    was_training = model.training
-    model.eval()
-    try:
-        yield
-    finally:
-        model.train(was_training)
 
 
 def _inputs(batch: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -66,7 +56,7 @@ def layer_importance(model: nn.Module, batches: Batches) -> Tensor:
     handles = [layer.register_forward_hook(record(i), with_kwargs=True) for i, layer in enumerate(layers)]
     total, tokens = torch.zeros(len(layers), dtype=torch.float64), 0
     try:
-        with _eval(model), torch.no_grad():
+        with eval_mode(model), torch.no_grad():
             for batch in batches:
                 model(**_inputs(batch), use_cache=False)
                 mask = batch.get("attention_mask", torch.ones_like(batch["input_ids"])).bool().cpu()
@@ -86,27 +76,11 @@ def unit_rows(units, width: int) -> Tensor:
     return torch.cat([torch.arange(u * width, (u + 1) * width) for u in units])
 
 
-@contextmanager
 def _gates(model: nn.Module, head_gates: Sequence[Tensor] | None, channel_gates: Sequence[Tensor] | None):
     """Scale each query head's output (o_proj input) and each SwiGLU channel (down_proj input)."""
-    dh, handles = decoder_shape(model).head_dim, []
-
-    def head_hook(gate):
-        return lambda m, args: ((args[0].unflatten(-1, (-1, dh)) * gate[:, None]).flatten(-2), *args[1:])
-
-    def channel_hook(gate):
-        return lambda m, args: (args[0] * gate, *args[1:])
-
-    for i, layer in enumerate(decoder_layers(model)):
-        if head_gates is not None:
-            handles.append(layer.self_attn.o_proj.register_forward_pre_hook(head_hook(head_gates[i])))
-        if channel_gates is not None:
-            handles.append(layer.mlp.down_proj.register_forward_pre_hook(channel_hook(channel_gates[i])))
-    try:
-        yield
-    finally:
-        for h in handles:
-            h.remove()
+    layers = decoder_layers(model)
+    return input_gates([layer.self_attn.o_proj for layer in layers], head_gates, decoder_shape(model).head_dim,
+                       [layer.mlp.down_proj for layer in layers], channel_gates)
 
 
 def _taylor(model: nn.Module, batches: Batches, heads: bool, channels: bool):
@@ -120,7 +94,7 @@ def _taylor(model: nn.Module, batches: Batches, heads: bool, channels: bool):
     leaves = (head_g or []) + (chan_g or [])
     totals = [torch.zeros(g.shape, dtype=torch.float64) for g in leaves]
     seen = 0
-    with _eval(model), _gates(model, head_g, chan_g):
+    with eval_mode(model), _gates(model, head_g, chan_g):
         for batch in batches:
             if "labels" not in batch:
                 raise DecoderError("[decoder prune] taylor importance needs a loss: every batch must hold 'labels' "

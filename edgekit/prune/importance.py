@@ -32,20 +32,26 @@ class PruneScores:
 
 
 @contextmanager
-def gates(model: nn.Module, head_gates: Sequence[Tensor] | None = None,
-          ffn_gates: Sequence[Tensor] | None = None) -> Iterator[None]:
-    """Scale each head's context and each FFN neuron's activation by a gate, per layer.
+def input_gates(head_modules: Sequence[nn.Module], head_gates: Sequence[Tensor] | None, head_width: int,
+                unit_modules: Sequence[nn.Module], unit_gates: Sequence[Tensor] | None) -> Iterator[None]:
+    """Scale the inputs of ``head_modules[i]`` per block of ``head_width`` columns (one gate per
+    attention head) and of ``unit_modules[i]`` per column (one gate per FFN neuron / SwiGLU channel).
 
-    Pre-hooks on the inputs of the attention output projection and the FFN output linear, so
-    the same code serves every architecture in the table; a zero gate masks that unit.
+    Forward pre-hooks on the projections that read heads and neurons, so any architecture whose
+    modules can be listed uses it (encoders here, decoders in edgekit.decoder.importance); a zero
+    gate masks that unit, and gradients reach the gates for Taylor importance.
     """
-    spec, dh = arch_for(model), head_dim(model)
+    def head_hook(gate: Tensor):
+        return lambda module, args: ((args[0].unflatten(-1, (-1, head_width)) * gate[:, None]).flatten(-2),
+                                     *args[1:])
+
+    def unit_hook(gate: Tensor):
+        return lambda module, args: (args[0] * gate, *args[1:])
+
     handles = []
-    for i, layer in enumerate(encoder_layers(model)):
-        if head_gates is not None:
-            handles.append(get_module(layer, spec.out).register_forward_pre_hook(_head_hook(head_gates[i], dh)))
-        if ffn_gates is not None:
-            handles.append(get_module(layer, spec.ffn_out).register_forward_pre_hook(_ffn_hook(ffn_gates[i])))
+    for modules, gate_list, hook in ((head_modules, head_gates, head_hook), (unit_modules, unit_gates, unit_hook)):
+        if gate_list is not None:
+            handles += [m.register_forward_pre_hook(hook(g)) for m, g in zip(modules, gate_list)]
     try:
         yield
     finally:
@@ -53,21 +59,18 @@ def gates(model: nn.Module, head_gates: Sequence[Tensor] | None = None,
             handle.remove()
 
 
-def _head_hook(gate: Tensor, dh: int):
-    def hook(module, args):
-        x = args[0]
-        return ((x.unflatten(-1, (-1, dh)) * gate[:, None]).flatten(-2), *args[1:])
-    return hook
-
-
-def _ffn_hook(gate: Tensor):
-    def hook(module, args):
-        return (args[0] * gate, *args[1:])
-    return hook
+def gates(model: nn.Module, head_gates: Sequence[Tensor] | None = None,
+          ffn_gates: Sequence[Tensor] | None = None):
+    """``input_gates`` on an encoder: heads at the attention output projection, neurons at the
+    FFN output linear, per layer."""
+    spec, layers = arch_for(model), encoder_layers(model)
+    return input_gates([get_module(layer, spec.out) for layer in layers], head_gates, head_dim(model),
+                       [get_module(layer, spec.ffn_out) for layer in layers], ffn_gates)
 
 
 @contextmanager
-def _eval(model: nn.Module) -> Iterator[None]:
+def eval_mode(model: nn.Module) -> Iterator[None]:
+    """The model in eval mode for the block; its previous mode afterwards."""
     was_training = model.training
     model.eval()
     try:
@@ -87,7 +90,7 @@ def layer_importance(model: nn.Module, batches: Batches) -> Tensor:
     changes its input matters little."""
     n = len(encoder_layers(model))
     total, tokens = torch.zeros(n, dtype=torch.float64), 0
-    with _eval(model), torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         for batch in batches:
             hidden = model(**batch, output_hidden_states=True).hidden_states
             if len(hidden) != n + 1:
@@ -116,7 +119,7 @@ def _gate_gradients(model: nn.Module, batches: Batches, heads: bool, ffn: bool):
     leaves = (head_g or []) + (ffn_g or [])
     totals = [torch.zeros_like(g, requires_grad=False) for g in leaves]
     seen = 0
-    with _eval(model), gates(model, head_g, ffn_g):
+    with eval_mode(model), gates(model, head_g, ffn_g):
         for batch in batches:
             if "labels" not in batch:
                 raise PruneError("gradient importance needs a loss: every batch must hold 'labels'. "
