@@ -14,8 +14,9 @@ import torch
 import torch.nn.functional as F
 
 from edgekit.decoder.arch import DecoderError
-from edgekit.decoder.export import (MASK_FILL, DecoderValidationError, ExportableDecoder, decoder_io, empty_past,
-                                    export_decoder, position_ids_from_mask, validate_decoder)
+from edgekit.decoder.export import (MASK_FILL, ExportableDecoder, decoder_io, empty_past, export_decoder,
+                                    position_ids_from_mask)
+from edgekit.decoder.validate import DecoderValidationError, validate_decoder
 from edgekit.decoder.toy import CHAT_TEMPLATE, tiny_config, train_tokenizer
 from edgekit.export.graph import constant_node_value
 from edgekit.tasks import get_task

@@ -349,7 +349,7 @@ def pass_check_ops(state: LMState) -> dict[str, Any]:
 
 
 def pass_validate(state: LMState) -> dict[str, Any]:
-    from .export import validate_decoder
+    from .validate import validate_decoder
 
     cfg = state.recipe.validate
     atol = cfg.atol if cfg.atol is not None else (1.0 if state.precision == "int8" else 1e-3)
