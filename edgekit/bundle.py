@@ -62,18 +62,24 @@ def engine_plan(state: "CompileState") -> dict[str, Any] | None:
     workspace is ``edgekit_runtime.trt_engine.workspace_mb`` of the profile's memory budget; the
     runtime's native TensorRT backend builds with exactly these values.
     """
-    from edgekit_runtime.trt_engine import ENGINE_FILE, trtexec_line, workspace_mb
-
     profile = state.profile
-    if not any(b in ("tensorrt", "ort-tensorrt") for b in profile.backends):
-        return None
-    flags = ["int8", "fp16"] if state.precision == "int8" else (
-        ["fp16"] if profile.default_precision == "fp16" else [])
     max_len = min(state.recipe.max_length, profile.max_sequence_length)
     inputs = [i.name for i in onnx.load(str(state.onnx_path), load_external_data=False).graph.input]
+    return plan_for_shapes(profile, state.precision,
+                           {name: {"min": [1, 1], "opt": [1, max_len], "max": [32, max_len]} for name in inputs})
+
+
+def plan_for_shapes(profile: "DeviceProfile", precision: str, shapes: dict[str, dict[str, list[int]]]
+                    ) -> dict[str, Any] | None:
+    """The engine plan around given min / opt / max input shapes (None for a profile without
+    TensorRT): precision flags, workspace, and the same build as a trtexec line."""
+    from edgekit_runtime.trt_engine import ENGINE_FILE, trtexec_line, workspace_mb
+
+    if not any(b in ("tensorrt", "ort-tensorrt") for b in profile.backends):
+        return None
+    flags = ["int8", "fp16"] if precision == "int8" else (["fp16"] if profile.default_precision == "fp16" else [])
     plan = {"tensorrt": profile.tensorrt, "compute_capability": profile.compute_capability, "flags": flags,
-            "workspace_mb": workspace_mb(profile.memory_budget_mb),
-            "shapes": {name: {"min": [1, 1], "opt": [1, max_len], "max": [32, max_len]} for name in inputs}}
+            "workspace_mb": workspace_mb(profile.memory_budget_mb), "shapes": shapes}
     plan["trtexec"] = trtexec_line(plan, onnx=MODEL_FILE, engine=ENGINE_FILE)
     return plan
 

@@ -13,7 +13,7 @@ from typing import Any, Mapping
 
 import onnx
 
-from ..bundle import MODEL_FILE, TOKENIZER_FILE, _io_spec, _tokenizer_json, header_sections
+from ..bundle import MODEL_FILE, TOKENIZER_FILE, _io_spec, _tokenizer_json, header_sections, plan_for_shapes
 from ..tasks.causal_lm import causal_lm_task_section
 from .arch import DecoderError, decoder_shape
 
@@ -24,11 +24,6 @@ def decoder_engine_plan(profile, graph_inputs: list[str], shape, *, precision: s
     ``opt`` is a batch-1 decode step (one new token over a half-full context), the shape an
     engine runs most; prefill (up to the whole context at once) and batch up to 8 are covered by max.
     """
-    from edgekit_runtime.trt_engine import ENGINE_FILE, trtexec_line, workspace_mb
-
-    if not any(b in ("tensorrt", "ort-tensorrt") for b in profile.backends):
-        return None
-    flags = ["int8", "fp16"] if precision == "int8" else (["fp16"] if profile.default_precision == "fp16" else [])
     half, batch = max(1, max_context // 2), 8
     shapes = {}
     for name in graph_inputs:
@@ -40,10 +35,7 @@ def decoder_engine_plan(profile, graph_inputs: list[str], shape, *, precision: s
             shapes[name] = {"min": [1, 1], "opt": [1, half + 1], "max": [batch, max_context]}
         else:
             shapes[name] = {"min": [1, 1], "opt": [1, 1], "max": [batch, max_context]}
-    plan = {"tensorrt": profile.tensorrt, "compute_capability": profile.compute_capability, "flags": flags,
-            "workspace_mb": workspace_mb(profile.memory_budget_mb), "shapes": shapes}
-    plan["trtexec"] = trtexec_line(plan, onnx=MODEL_FILE, engine=ENGINE_FILE)
-    return plan
+    return plan_for_shapes(profile, precision, shapes)
 
 
 def write_decoder_bundle(model, tokenizer, onnx_path: str | Path, out_dir: str | Path, *, profile="x86-64-cpu",

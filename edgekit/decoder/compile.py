@@ -161,7 +161,7 @@ def _params(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-def _progress(state: LMState, every: int = 1):
+def _progress(state: LMState):
     def report(row: dict[str, Any]) -> None:
         parts = [f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in row.items()]
         state.echo("      " + "  ".join(parts))
