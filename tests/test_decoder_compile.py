@@ -142,3 +142,25 @@ def test_distill_from_an_on_disk_teacher_cache(workspace, tmp_path):
     assert distill["teacher_cache_bytes"] == distill["teacher_cache_estimate"] == estimate_bytes(120, 32, 16, 300)
     assert "the teacher is freed" in result.output
     assert manifest["figures"]["student"]["test_perplexity"] < manifest["figures"]["teacher"]["test_perplexity"] * 1.5
+
+
+def test_jetson_bundle_plans_tensorrt_shapes_for_the_kv_inputs(workspace, tmp_path):
+    """A TensorRT profile gets min / opt / max shapes for every graph input; past KV starts empty
+    (min 0: the prefill step), and the runtime's plan check accepts that."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from edgekit.decoder.bundle import write_decoder_bundle
+    from edgekit.decoder.export import export_decoder
+    from edgekit_runtime.trt_plan import check_engine_plan
+
+    model = AutoModelForCausalLM.from_pretrained(str(workspace / "teacher"), attn_implementation="eager")
+    tok = AutoTokenizer.from_pretrained(str(workspace / "teacher"))
+    graph = export_decoder(model, tmp_path / "g" / "model.onnx")
+    out = write_decoder_bundle(model, tok, graph, tmp_path / "b", profile="jetson-orin", max_context=256)
+    manifest = json.loads((out / "manifest.json").read_text())
+    plan = manifest["engine_plan"]
+    names = [i["name"] for i in manifest["model"]["inputs"]]
+    assert check_engine_plan(plan, names) == plan
+    key = plan["shapes"]["past_key_values.0.key"]
+    assert key["min"] == [1, 2, 0, 16] and key["max"] == [8, 2, 255, 16]
+    assert plan["shapes"]["attention_mask"]["max"] == [8, 256] and plan["flags"] == ["fp16"]
