@@ -22,20 +22,28 @@ def percentiles(samples_ms: Sequence[float]) -> dict[str, float]:
 
 
 def interleaved(systems: dict[str, Callable[[str], Any]], texts: Sequence[str], warmup: int = 5,
-                rounds: int = 1) -> dict[str, dict[str, float]]:
-    """Time each system on each text in turn, rotating the order each text."""
-    names = list(systems)
-    for text in list(texts)[:warmup]:
+                rounds: int = 1, block: int = 10) -> dict[str, dict[str, float]]:
+    """Time every system on every text, interleaved in blocks: each system runs ``block`` texts
+    in a row (after one untimed call) and the systems take turns, the order rotated per block.
+
+    Not one call each in turn: torch's OpenMP threads and onnxruntime's intra-op threads spin for
+    a while after a call, and on 2 cores they slowed whichever system ran next (see
+    benchmarks/ort_latency.py, where that inflated onnxruntime figures 2-3x)."""
+    names, texts = list(systems), list(texts)
+    for text in texts[:warmup]:
         for name in names:
             systems[name](text)
     times: dict[str, list[float]] = {n: [] for n in names}
     for r in range(rounds):
-        for i, text in enumerate(texts):
-            k = (i + r) % len(names)
+        for b, start_at in enumerate(range(0, len(texts), block)):
+            chunk = texts[start_at:start_at + block]
+            k = (b + r) % len(names)
             for name in names[k:] + names[:k]:
-                start = time.perf_counter()
-                systems[name](text)
-                times[name].append((time.perf_counter() - start) * 1e3)
+                systems[name](chunk[0])  # the previous system's threads may still spin: not timed
+                for text in chunk:
+                    start = time.perf_counter()
+                    systems[name](text)
+                    times[name].append((time.perf_counter() - start) * 1e3)
     return {n: percentiles(t) for n, t in times.items()}
 
 
