@@ -30,6 +30,11 @@ def main():
       edgekit profiles                        # the device targets
       edgekit compile --profile jetson-orin   # writes bundles/jetson-orin
       edgekit-run predict bundles/jetson-orin "the battery died after a day"
+
+    \b
+    A causal LM (Qwen2 / DeepSeek-R1-Distill-Qwen, Llama) from a local directory:
+      edgekit compile-lm --profile raspberry-pi-5 --teacher ./qwen-dir --data notes.txt --int8
+      edgekit-run generate bundles/raspberry-pi-5-lm "Summarise: ..." --stream
     """
 
 
