@@ -15,6 +15,7 @@ from onnx import numpy_helper
 
 from edgekit.cli import main
 from edgekit.decoder.arch import DecoderError
+from edgekit.decoder.ort_ops import CONTRIB_OPS
 from edgekit.decoder.toy import tiny_config, train_tokenizer
 
 WORDS = ["the", "cat", "dog", "runs", "sleeps", "fast", "today", "battery", "phone", "is", "good", "bad", "very"]
@@ -69,7 +70,10 @@ def test_compile_lm_int8_student_bundle(workspace):
     graph = onnx.load(str(out / "model.onnx"))
     ops = {n.op_type for n in graph.graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
-    assert {n.domain for n in graph.graph.node} <= {"", "ai.onnx"}
+    # x86-64-cpu's decoder_ops = "ort-contrib": ONNX Runtime's fused attention, norms and RoPE, nothing else
+    contrib = {(n.domain, n.op_type) for n in graph.graph.node if n.domain not in ("", "ai.onnx")}
+    assert ("com.microsoft", "GroupQueryAttention") in contrib and contrib <= CONTRIB_OPS
+    assert manifest["model"]["graph_ops"] == "ort-contrib"
     names = [p["name"] for p in manifest["pass_log"]]
     assert names[-4:] == ["export", "check ops", "validate", "evaluate graph"] and "qat int8" in names
 
@@ -164,3 +168,4 @@ def test_jetson_bundle_plans_tensorrt_shapes_for_the_kv_inputs(workspace, tmp_pa
     key = plan["shapes"]["past_key_values.0.key"]
     assert key["min"] == [1, 2, 0, 16] and key["max"] == [8, 2, 255, 16]
     assert plan["shapes"]["attention_mask"]["max"] == [8, 256] and plan["flags"] == ["fp16"]
+    assert manifest["model"]["graph_ops"] == "standard"

@@ -4,6 +4,7 @@ Qwen2 / Llama models: contract I/O, ORT against transformers with its own cache 
 
 from __future__ import annotations
 
+import json
 import math
 from collections import Counter
 
@@ -14,8 +15,8 @@ import torch
 import torch.nn.functional as F
 
 from edgekit.decoder.arch import DecoderError
-from edgekit.decoder.export import (MASK_FILL, ExportableDecoder, decoder_io, empty_past, export_decoder,
-                                    position_ids_from_mask)
+from edgekit.decoder.export import (DECODER_OPS, MASK_FILL, ExportableDecoder, decoder_io, empty_past,
+                                    export_decoder, position_ids_from_mask)
 from edgekit.decoder.validate import DecoderValidationError, validate_decoder
 from edgekit.decoder.toy import CHAT_TEMPLATE, tiny_config, train_tokenizer
 from edgekit.export.graph import constant_node_value
@@ -121,11 +122,14 @@ VARIANTS = {
 }
 
 
+@pytest.mark.parametrize("ops", DECODER_OPS)
 @pytest.mark.parametrize("variant", list(VARIANTS))
-def test_onnx_matches_transformers_prefill_and_decode(variant, tokenizer, tmp_path):
+def test_onnx_matches_transformers_prefill_and_decode(variant, ops, tokenizer, tmp_path):
     model_type, extra = VARIANTS[variant]
     model = make_model(tokenizer, model_type, **extra)
-    path = export_decoder(model, tmp_path / "model.onnx")
+    path = export_decoder(model, tmp_path / "model.onnx", ops=ops, max_positions=64)
+    domains = {n.domain for n in onnx.load(str(path), load_external_data=False).graph.node}
+    assert domains == ({"", "com.microsoft"} if ops == "ort-contrib" else {""})
     enc = tokenizer(PROMPTS, padding=True, return_tensors="pt")
     assert enc["attention_mask"][1, 0] == 0 and enc["attention_mask"][0].all()  # left padded, uneven rows
     figures = validate_decoder(model, path, prompts=PROMPTS, tokenizer=tokenizer, decode_steps=3, atol=1e-4,
@@ -134,10 +138,11 @@ def test_onnx_matches_transformers_prefill_and_decode(variant, tokenizer, tmp_pa
     assert figures["greedy_agreement"] == 1.0
 
 
-def test_int32_token_graph_runs_in_ort(qwen, tmp_path):
+@pytest.mark.parametrize("ops", DECODER_OPS)
+def test_int32_token_graph_runs_in_ort(qwen, ops, tmp_path):
     import onnxruntime as ort
 
-    path = export_decoder(qwen, tmp_path / "model.onnx", token_dtype="int32")
+    path = export_decoder(qwen, tmp_path / "model.onnx", token_dtype="int32", ops=ops)
     graph = onnx.load(str(path))
     types = {v.name: v.type.tensor_type.elem_type for v in graph.graph.input}
     assert types["input_ids"] == types["attention_mask"] == types["position_ids"] == onnx.TensorProto.INT32
@@ -155,7 +160,8 @@ def test_int32_token_graph_runs_in_ort(qwen, tmp_path):
     assert figures["decode_logits"] < 1e-4
 
 
-def test_qat_model_exports_qdq_and_matches_fake_quant(tokenizer, tmp_path):
+@pytest.mark.parametrize("ops", DECODER_OPS)
+def test_qat_model_exports_qdq_and_matches_fake_quant(tokenizer, ops, tmp_path):
     from edgekit.quant.fake import QATConfig, calibrate, enable_fake_quant, prepare_qat
 
     model = make_model(tokenizer, "llama", seed=1)
@@ -170,10 +176,12 @@ def test_qat_model_exports_qdq_and_matches_fake_quant(tokenizer, tmp_path):
         fake = model(**inputs[0]).logits
     assert (fake - fp32).abs().max() > 1e-3  # fake quant is really on
 
-    path = export_decoder(model, tmp_path / "model.onnx")
-    ops = Counter(n.op_type for n in onnx.load(str(path)).graph.node)
+    path = export_decoder(model, tmp_path / "model.onnx", ops=ops)
+    counts = Counter(n.op_type for n in onnx.load(str(path)).graph.node)
     linears = LAYERS * 7  # q, k, v, o, gate, up, down: input and weight each get a Q/DQ pair
-    assert ops["QuantizeLinear"] == ops["DequantizeLinear"] == 2 * linears
+    assert counts["QuantizeLinear"] == counts["DequantizeLinear"] == 2 * linears
+    if ops == "ort-contrib":  # QuantLinears stay unfused: RoPE runs as its own node on q and on k
+        assert counts["GroupQueryAttention"] == counts["RotaryEmbedding"] / 2 == LAYERS
     figures = validate_decoder(model, path, prompts=PROMPTS, tokenizer=tokenizer, decode_steps=3, atol=1e-3,
                                threads=1)
     assert figures["prefill_logits"] < 1e-3 and figures["decode_logits"] < 1e-3
@@ -189,10 +197,11 @@ def test_validation_fails_closed_on_a_corrupted_graph(qwen, qwen_onnx, tokenizer
         validate_decoder(qwen, tmp_path / "bad.onnx", prompts=PROMPTS, tokenizer=tokenizer, threads=1)
 
 
-def test_tied_embeddings_stored_once(tokenizer, tmp_path):
+@pytest.mark.parametrize("ops", DECODER_OPS)
+def test_tied_embeddings_stored_once(tokenizer, ops, tmp_path):
     model = make_model(tokenizer, "qwen2", tied=True)
     assert model.lm_head.weight is model.model.embed_tokens.weight
-    path = export_decoder(model, tmp_path / "model.onnx")
+    path = export_decoder(model, tmp_path / "model.onnx", ops=ops)
     graph = onnx.load(str(path))
     vocab_sized = [t.name for t in graph.graph.initializer if sorted(t.dims) == sorted((len(tokenizer), 64))]
     assert len(vocab_sized) == 1
@@ -344,3 +353,50 @@ def test_manifest_without_think_tokens_or_template(qwen):
     section = causal_lm_task_section(plain, qwen, max_context=64)
     assert section["think"] is None and section["chat_template"] is None
     assert section["eos_token_ids"][0] == 1  # the tokenizer's eos first, then the model config's
+
+
+def test_contrib_graph_chunked_prefill_and_positions(qwen, tmp_path):
+    """The ort-contrib graph rotates at each row's cache index, not at position_ids: a left-padded
+    row's positions are all shifted by its padding, which RoPE (relative) does not see. Prefill in
+    two chunks over a past gives the one-chunk logits and cache; position_ids stays a graph input."""
+    import onnxruntime as ort
+
+    path = export_decoder(qwen, tmp_path / "model.onnx", ops="ort-contrib", max_positions=64)
+    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    assert [i.name for i in session.get_inputs()][:3] == ["input_ids", "attention_mask", "position_ids"]
+    names = [o.name for o in session.get_outputs()]
+    ids = np.array([[3, 9, 4, 12, 7, 5, 8, 10, 6]])
+    mask = np.ones_like(ids)
+    pos = position_ids_from_mask(mask)
+    whole = dict(zip(names, session.run(None, {"input_ids": ids, "attention_mask": mask, "position_ids": pos,
+                                               **empty_past(qwen, 1)})))
+    first = dict(zip(names, session.run(None, {"input_ids": ids[:, :4], "attention_mask": mask[:, :4],
+                                               "position_ids": pos[:, :4], **empty_past(qwen, 1)})))
+    past = {n.replace("present", "past_key_values"): v for n, v in first.items() if n.startswith("present")}
+    second = dict(zip(names, session.run(None, {"input_ids": ids[:, 4:], "attention_mask": mask,
+                                                "position_ids": pos[:, 4:], **past})))
+    assert np.abs(second["logits"] - whole["logits"][:, 4:]).max() < 1e-5
+    assert np.abs(second["present.1.value"] - whole["present.1.value"]).max() < 1e-6
+    with torch.no_grad():
+        ref = qwen(input_ids=torch.from_numpy(ids)).logits.numpy()
+    assert np.abs(whole["logits"] - ref).max() < 1e-4
+
+
+def test_contrib_graph_only_for_profiles_that_allow_it(qwen, tokenizer, tmp_path):
+    from edgekit.decoder.bundle import write_decoder_bundle
+    from edgekit.export.opcheck import OpSupportError, check_ops
+    from edgekit.decoder.ort_ops import contrib_ops_for
+    from edgekit.profiles import resolve_profile
+
+    path = export_decoder(qwen, tmp_path / "g" / "model.onnx", ops="ort-contrib")
+    graph = onnx.load(str(path), load_external_data=False)
+    jetson, cpu = resolve_profile("jetson-orin"), resolve_profile("x86-64-cpu")
+    assert jetson.decoder_ops == "standard" and cpu.decoder_ops == "ort-contrib"
+    check_ops(graph, cpu, extra_ops=contrib_ops_for(cpu.decoder_ops))
+    with pytest.raises(OpSupportError, match="com.microsoft"):
+        check_ops(graph, jetson, extra_ops=contrib_ops_for(jetson.decoder_ops))
+    with pytest.raises(DecoderError, match="jetson-orin.*Fix: export with ops=\"standard\""):
+        write_decoder_bundle(qwen, tokenizer, path, tmp_path / "b", profile="jetson-orin", max_context=64)
+    bundle = write_decoder_bundle(qwen, tokenizer, path, tmp_path / "c", profile="x86-64-cpu", max_context=64)
+    manifest = json.loads((bundle / "manifest.json").read_text())
+    assert manifest["model"]["graph_ops"] == "ort-contrib"

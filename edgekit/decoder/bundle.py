@@ -16,6 +16,7 @@ import onnx
 from ..bundle import MODEL_FILE, TOKENIZER_FILE, _io_spec, _tokenizer_json, header_sections, plan_for_shapes
 from ..tasks.causal_lm import causal_lm_task_section
 from .arch import DecoderError, decoder_shape
+from .ort_ops import CONTRIB_DOMAIN
 
 EXTERNAL_DATA_FILE = MODEL_FILE + ".data"  # what export writes for models over 2 GB
 def decoder_engine_plan(profile, graph_inputs: list[str], shape, *, precision: str, max_context: int) -> dict[str, Any] | None:
@@ -62,13 +63,19 @@ def write_decoder_bundle(model, tokenizer, onnx_path: str | Path, out_dir: str |
     if data.exists():
         files[EXTERNAL_DATA_FILE] = data
     graph = onnx.load(str(onnx_path), load_external_data=False)
+    graph_ops = "ort-contrib" if any(n.domain == CONTRIB_DOMAIN for n in graph.graph.node) else "standard"
+    if graph_ops == "ort-contrib" and profile.decoder_ops != "ort-contrib":
+        raise DecoderError(f"{onnx_path} uses ONNX Runtime contrib ops ({CONTRIB_DOMAIN}), but profile "
+                           f"'{profile.name}' runs standard ONNX graphs only (decoder_ops = "
+                           f"{profile.decoder_ops!r}). Fix: export with ops=\"standard\" for this profile.")
     shape = decoder_shape(model)
     task = causal_lm_task_section(tokenizer, model, max_context=max_context, generation=generation)
     manifest = {
         **header_sections(profile),
         "task": task,
         "model": {"file": MODEL_FILE, "precision": precision, "int8": dict(int8) if int8 else None,
-                  "opset": profile.opset, "rewrite_rules": list(rewrite_rules), **_io_spec(onnx_path)},
+                  "opset": profile.opset, "rewrite_rules": list(rewrite_rules), "graph_ops": graph_ops,
+                  **_io_spec(onnx_path)},
         "tokenizer": {"file": TOKENIZER_FILE, "max_length": int(max_context),
                       "pad_token_id": task["pad_token_id"],
                       "padding_side": "left", "truncation_side": "left"},

@@ -153,6 +153,7 @@ class LMState:
     reference: Any = None             # fp32 model the int8 one is gated against
     precision: str = "fp32"
     onnx_path: Path | None = None
+    max_context: int = 0              # the bundle's limit, before the model's own max_position_embeddings
     figures: dict[str, Any] = field(default_factory=dict)
     pass_log: list[dict[str, Any]] = field(default_factory=list)
 
@@ -304,11 +305,14 @@ def pass_qat(state: LMState) -> dict[str, Any]:
 def pass_export(state: LMState) -> dict[str, Any]:
     from .export import export_decoder
 
+    ops = state.profile.decoder_ops
+    limit = getattr(state.model.config, "max_position_embeddings", None) or state.max_context
     path = export_decoder(state.model, state.workdir / "model.onnx", opset=state.profile.opset,
-                          token_dtype=state.profile.token_dtype)
-    figures: dict[str, Any] = {"bytes_exported": _graph_bytes(path)}
+                          token_dtype=state.profile.token_dtype, ops=ops,
+                          max_positions=min(state.max_context, limit) if state.max_context else None)
+    figures: dict[str, Any] = {"graph_ops": ops, "bytes_exported": _graph_bytes(path)}
     if state.precision == "int8":
-        path, int8 = _int8_graph(path, state.workdir / "int8" / "model.onnx")
+        path, int8 = _int8_graph(path, state.workdir / "int8" / "model.onnx", ops)
         figures.update(int8)
     state.onnx_path = path
     figures["bytes"] = _graph_bytes(path)
@@ -319,7 +323,7 @@ def _graph_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.parent.glob(path.name + "*"))
 
 
-def _int8_graph(src: Path, dst: Path) -> tuple[Path, dict[str, Any]]:
+def _int8_graph(src: Path, dst: Path, ops: str = "standard") -> tuple[Path, dict[str, Any]]:
     """What the encoders' int8 pass does to a QAT graph: int8 weight initializers instead of fp32
     weights plus QuantizeLinear, one Q -> DQ pair per MatMul (what ONNX Runtime fuses into int8
     kernels), and the token embedding table as int8 rows with fp32 per-row scales."""
@@ -334,7 +338,7 @@ def _int8_graph(src: Path, dst: Path) -> tuple[Path, dict[str, Any]]:
     dst.parent.mkdir(parents=True, exist_ok=True)
     large = report.bytes_after + emb.bytes_after > EXTERNAL_DATA_BYTES
     onnx.save(model, str(dst), save_as_external_data=large, location=dst.name + ".data" if large else None)
-    check_decoder_file(dst)
+    check_decoder_file(dst, ops=ops)
     return dst, {"folded_weights": report.folded, "qdq_pairs_unshared": unshared, "int8_embedding_tables": len(emb.tables)}
 
 
@@ -343,8 +347,10 @@ def pass_check_ops(state: LMState) -> dict[str, Any]:
 
     from ..export.opcheck import check_ops, op_histogram
 
+    from .ort_ops import contrib_ops_for
+
     model = onnx.load(str(state.onnx_path), load_external_data=False)
-    check_ops(model, state.profile)
+    check_ops(model, state.profile, extra_ops=contrib_ops_for(state.profile.decoder_ops))
     return {"ops": op_histogram(model)}
 
 
@@ -446,7 +452,7 @@ def compile_lm(recipe: LMRecipe, profile, *, echo: Callable[[str], None] = print
         torch.set_num_threads(recipe.threads)
     torch.manual_seed(recipe.seed)
     workdir = Path(tempfile.mkdtemp(prefix="edgekit-lm-"))
-    state = LMState(recipe=recipe, profile=profile, workdir=workdir, echo=echo)
+    state = LMState(recipe=recipe, profile=profile, workdir=workdir, echo=echo, max_context=max_context)
     try:
         names = pass_names(recipe)
         for i, name in enumerate(names, 1):

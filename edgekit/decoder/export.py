@@ -24,12 +24,17 @@ import torch
 from torch import nn
 
 from .arch import DecoderError, decoder_shape
+from .ort_ops import (GroupedAttention, PackedAttention, Rotary, SkipRMSNorm, contrib_ops_for, fix_gqa_inputs,
+                      rope_tables)
 
 OPSET = 13
 MASK_FILL = -65504.0                       # float16's lowest: an fp16 engine cannot overflow to -inf
 EXTERNAL_DATA_BYTES = 2_000_000_000        # weights over this go to model.onnx.data (protobuf stops at 2 GiB)
 STATIC_ROPE = ("default", "linear", "llama3", "yarn")  # inv_freq does not depend on the sequence length
 TOKEN_DTYPES = {"int64": torch.int64, "int32": torch.int32}
+# "standard": ONNX domain only (any backend, TensorRT included); "ort-contrib": ONNX Runtime's fused
+# com.microsoft kernels for RMSNorm, RoPE and grouped-query attention (ONNX Runtime CPU only).
+DECODER_OPS = ("standard", "ort-contrib")
 NP_TOKEN_DTYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32}
 
 
@@ -192,7 +197,7 @@ def _plain(*modules: nn.Module) -> bool:
 def _fused(linears: Sequence[nn.Linear], scales: Sequence[float]) -> tuple[torch.Tensor, torch.Tensor | None]:
     """One (sum of outs, in) weight and bias from several Linears reading the same input."""
     weight = torch.cat([m.weight.detach() * s for m, s in zip(linears, scales)], 0)
-    if all(m.bias is None for m in linears):
+    if all(m.bias is None or not m.bias.detach().any() for m in linears):  # none, or all zero: no Add node
         return weight, None
     bias = torch.cat([(m.bias.detach() if m.bias is not None else torch.zeros(m.out_features)) * s
                       for m, s in zip(linears, scales)], 0)
@@ -210,16 +215,31 @@ class ExportableDecoder(nn.Module):
     (QuantLinear) layers keep one MatMul per Linear, each with its own activation quantizer.
     """
 
-    def __init__(self, model: nn.Module):
+    def __init__(self, model: nn.Module, *, ops: str = "standard", max_positions: int | None = None):
         super().__init__()
         check_exportable(model)
+        if ops not in DECODER_OPS:
+            raise DecoderError(f"ops={ops!r} is not a decoder graph kind. Fix: use one of {list(DECODER_OPS)}.")
         self.model = model
+        self.ops = ops
         self.shape = decoder_shape(model)
         inv_freq, self.attention_scaling = rope_inverse_frequencies(model)
         self.register_buffer("inv_freq", inv_freq, persistent=False)
         self.register_buffer("mask_fill", torch.tensor(MASK_FILL), persistent=False)
-        self.register_buffer("rotation", rotate_half_matrix(self.shape.head_dim))
         self.query_scale = self.shape.head_dim ** -0.5
+        contrib = ops == "ort-contrib"
+        if contrib:  # RotaryEmbedding's tables: one row per position the bundle may reach
+            positions = max_positions or getattr(model.config, "max_position_embeddings", None)
+            if not positions or positions < 1:
+                raise DecoderError(f"max_positions={positions!r}: the ort-contrib graph's RoPE tables need the "
+                                   f"longest context. Fix: pass max_positions (the bundle's max_context).")
+            cos, sin = rope_tables(inv_freq.float(), int(positions), self.attention_scaling)
+            self.register_buffer("rope_cos", cos)
+            self.register_buffer("rope_sin", sin)
+        else:
+            self.register_buffer("rotation", rotate_half_matrix(self.shape.head_dim))
+        # the standard graph folds the attention scale into fused query rows; GroupQueryAttention takes it
+        q_scale = 1.0 if contrib else self.query_scale
         # query heads per KV head, per layer (pruning may leave layers with different query heads)
         self.groups = [layer.self_attn.q_proj.out_features // (self.shape.num_kv_heads * self.shape.head_dim)
                        for layer in model.model.layers]
@@ -229,7 +249,7 @@ class ExportableDecoder(nn.Module):
         for i, layer in enumerate(model.model.layers):
             attn, mlp = layer.self_attn, layer.mlp
             if _plain(attn.q_proj, attn.k_proj, attn.v_proj):
-                self._add_fused(f"qkv_{i}", (attn.q_proj, attn.k_proj, attn.v_proj), (self.query_scale, 1.0, 1.0))
+                self._add_fused(f"qkv_{i}", (attn.q_proj, attn.k_proj, attn.v_proj), (q_scale, 1.0, 1.0))
                 self.qkv.add(i)
             if _plain(mlp.gate_proj, mlp.up_proj):
                 self._add_fused(f"gate_up_{i}", (mlp.gate_proj, mlp.up_proj), (1.0, 1.0))
@@ -291,11 +311,61 @@ class ExportableDecoder(nn.Module):
             gate, up = mlp.gate_proj(x), mlp.up_proj(x)
         return mlp.down_proj(gate * torch.sigmoid(gate) * up)
 
+    def _contrib_qkv(self, i: int, attn: nn.Module, x):
+        """Queries (B, S, H * D), keys and values (B, S, H_kv * D), before RoPE."""
+        if i not in self.qkv:
+            return attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
+        kv = self.shape.num_kv_heads * self.shape.head_dim
+        return torch.split(self._fused_linear(f"qkv_{i}", x), [attn.q_proj.out_features, kv, kv], dim=-1)
+
+    def _forward_contrib(self, input_ids, attention_mask, position_ids, past):
+        """The ort-contrib graph (edgekit.decoder.ort_ops): same contract, about 14 nodes a layer."""
+        inner = self.model.model
+        layers = inner.layers
+        kv_heads, eps = self.shape.num_kv_heads, inner.norm.variance_epsilon
+        batch, seq = input_ids.shape[0], input_ids.shape[1]
+        hidden = inner.embed_tokens(input_ids)
+        positions = position_ids.long()
+        # every row spans all T columns (padding is masked by the bias), so seqlens_k = T - 1 for each row
+        bias = ((1.0 - attention_mask.float()) * self.mask_fill)[:, None, None, :]      # (B, 1, 1, T)
+        bias = bias + (input_ids * 0).float()[:, None, :, None]   # GQA wants (B, 1, S, T), not a broadcast
+        seqlens_k = (attention_mask[:, -1] * 0).int() + (attention_mask.shape[1] - 1)
+        total = seqlens_k[0] + 1
+        x = _rms_norm(layers[0].input_layernorm, hidden)
+        present = []
+        for i, layer in enumerate(layers):
+            attn = layer.self_attn
+            heads = self.groups[i] * kv_heads
+            if i in self.qkv:
+                out, key, value = PackedAttention.apply(self._fused_linear(f"qkv_{i}", x), past[2 * i],
+                                                        past[2 * i + 1], seqlens_k, total, self.rope_cos,
+                                                        self.rope_sin, positions, bias, heads, kv_heads,
+                                                        self.query_scale)
+            else:
+                q, k, v = attn.q_proj(x), attn.k_proj(x), attn.v_proj(x)
+                q = Rotary.apply(q, positions, self.rope_cos, self.rope_sin, heads)
+                k = Rotary.apply(k, positions, self.rope_cos, self.rope_sin, kv_heads)
+                out, key, value = GroupedAttention.apply(q, k, v, past[2 * i], past[2 * i + 1], seqlens_k, total,
+                                                         bias, heads, kv_heads, self.query_scale)
+            x, hidden = SkipRMSNorm.apply(attn.o_proj(out), hidden, layer.post_attention_layernorm.weight, eps)
+            following = layers[i + 1].input_layernorm if i + 1 < len(layers) else inner.norm
+            x, hidden = SkipRMSNorm.apply(self._mlp(i, layer.mlp, x), hidden, following.weight, eps)
+            present += [key, value]
+        return (self._logits(x), *present)
+
+    def _logits(self, hidden):
+        head, inner = self.model.lm_head, self.model.model
+        if type(head) is nn.Linear and head.bias is None and head.weight is inner.embed_tokens.weight:
+            return _TiedLogits.apply(hidden, head.weight, head.in_features)
+        return head(hidden)  # untied, or a QuantLinear lm_head: the module itself
+
     def forward(self, input_ids, attention_mask, position_ids, *past):
         inner = self.model.model
         if len(past) != 2 * len(inner.layers):
             raise DecoderError(f"got {len(past)} past tensors for {len(inner.layers)} layers. Fix: pass "
                                f"(key, value) per layer, flat, as empty_past() builds them.")
+        if self.ops == "ort-contrib":
+            return self._forward_contrib(input_ids, attention_mask, position_ids, past)
         batch, seq = input_ids.shape[0], input_ids.shape[1]   # read once: one Shape for all layers' Reshapes
         hidden = inner.embed_tokens(input_ids)
         rope_q, rope_k = self._rope(position_ids)
@@ -312,13 +382,7 @@ class ExportableDecoder(nn.Module):
             hidden = hidden + out
             hidden = hidden + self._mlp(i, layer.mlp, _rms_norm(layer.post_attention_layernorm, hidden))
             present += [key, value]
-        hidden = _rms_norm(inner.norm, hidden)
-        head = self.model.lm_head
-        if type(head) is nn.Linear and head.bias is None and head.weight is inner.embed_tokens.weight:
-            logits = _TiedLogits.apply(hidden, head.weight, head.in_features)
-        else:  # untied, or a QuantLinear lm_head: the module itself
-            logits = head(hidden)
-        return (logits, *present)
+        return (self._logits(_rms_norm(inner.norm, hidden)), *present)
 
 
 def _example_inputs(shape, batch: int, dtype: torch.dtype, past: int = 3, seq: int = 2) -> tuple:
@@ -354,6 +418,20 @@ def _declare_io_shapes(graph, shape) -> None:
                 dim.dim_value = d
 
 
+def _keep_contract_inputs(graph, names: Sequence[str]) -> None:
+    """Re-declare contract inputs the tracer dropped as unused (the ort-contrib graph's GroupQueryAttention
+    rotates at each row's cache index, so it reads no position_ids), in the contract's order."""
+    import onnx
+
+    present = {v.name: v for v in graph.graph.input}
+    if all(n in present for n in names):
+        return
+    token = present["input_ids"].type.tensor_type.elem_type
+    ordered = [present.get(n) or onnx.helper.make_tensor_value_info(n, token, None) for n in names]
+    del graph.graph.input[:]
+    graph.graph.input.extend(ordered)
+
+
 def _initializer_bytes(model) -> int:
     import onnx
 
@@ -363,8 +441,9 @@ def _initializer_bytes(model) -> int:
     return total
 
 
-def check_decoder_file(path: str | Path, opset: int = OPSET):
-    """Full onnx.checker (external data included), standard domain only, the opset asked for."""
+def check_decoder_file(path: str | Path, opset: int = OPSET, ops: str = "standard"):
+    """Full onnx.checker (external data included), the opset asked for, and node domains as ``ops``
+    allows: the standard domain only, or (``"ort-contrib"``) that plus com.microsoft."""
     import onnx
 
     from ..export.onnx_export import ExportError
@@ -376,19 +455,25 @@ def check_decoder_file(path: str | Path, opset: int = OPSET):
                           f"exporter produced an invalid model.") from None
     model = onnx.load(str(path), load_external_data=False)
     opsets = {op.domain: op.version for op in model.opset_import}
-    odd = sorted({n.domain for n in model.graph.node} - {"", "ai.onnx"})
+    extra = contrib_ops_for(ops)
+    odd = sorted({f"{n.domain}.{n.op_type}" for n in model.graph.node
+                  if n.domain not in ("", "ai.onnx") and (n.domain, n.op_type) not in extra})
     if odd or opsets.get("", opsets.get("ai.onnx")) != opset:
-        raise ExportError(f"{path}: opsets {opsets}, node domains {odd}; the decoder contract is standard-domain "
-                          f"opset {opset} only. Fix: report this graph (an exporter or QAT symbolic changed).")
+        raise ExportError(f"{path}: opsets {opsets}, non-standard ops {odd}; the {ops!r} decoder graph is opset "
+                          f"{opset}, standard domain{' plus ' + str(sorted(op for _, op in extra)) if extra else ''} "
+                          f"only. Fix: report this graph (an exporter or QAT symbolic changed).")
     return model
 
 
 def export_decoder(model: nn.Module, path: str | Path, *, opset: int = OPSET, token_dtype: str = "int64",
-                   example_batch: int = 2, external_data_threshold: int = EXTERNAL_DATA_BYTES) -> Path:
+                   example_batch: int = 2, external_data_threshold: int = EXTERNAL_DATA_BYTES,
+                   ops: str = "standard", max_positions: int | None = None) -> Path:
     """Export the KV-cache graph of docs/decoder.md to ``path`` (legacy exporter; checked).
 
     ``token_dtype`` types input_ids / attention_mask / position_ids; weights over
-    ``external_data_threshold`` bytes go to ``<name>.data`` beside ``path``.
+    ``external_data_threshold`` bytes go to ``<name>.data`` beside ``path``. ``ops="ort-contrib"``
+    writes the ONNX Runtime CPU graph (edgekit.decoder.ort_ops), whose RoPE tables cover
+    ``max_positions`` positions (default: the config's max_position_embeddings).
     """
     import onnx
 
@@ -400,7 +485,7 @@ def export_decoder(model: nn.Module, path: str | Path, *, opset: int = OPSET, to
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     was_training = model.training
-    wrapper = ExportableDecoder(model).eval()
+    wrapper = ExportableDecoder(model, ops=ops, max_positions=max_positions).eval()
     io = decoder_io(model)
     args = _example_inputs(wrapper.shape, example_batch, TOKEN_DTYPES[token_dtype])
     try:
@@ -415,6 +500,8 @@ def export_decoder(model: nn.Module, path: str | Path, *, opset: int = OPSET, to
             graph = onnx.load(str(raw))
     finally:
         model.train(was_training)
+    fix_gqa_inputs(graph)
+    _keep_contract_inputs(graph, io.input_names)
     _declare_io_shapes(graph, wrapper.shape)
     data = path.with_name(path.name + ".data")
     data.unlink(missing_ok=True)
@@ -423,5 +510,5 @@ def export_decoder(model: nn.Module, path: str | Path, *, opset: int = OPSET, to
                         location=data.name, size_threshold=1024)
     else:
         onnx.save_model(graph, str(path))
-    check_decoder_file(path, opset)
+    check_decoder_file(path, opset, ops)
     return path

@@ -41,8 +41,12 @@ def _fix_for(op: str, profile: DeviceProfile) -> str:
             f"unsupported_ops in {profile.source} if the target does run it")
 
 
-def check_ops(model: onnx.ModelProto, profile: DeviceProfile) -> None:
-    """Raise OpSupportError listing every node, domain and opset ``profile`` cannot run."""
+def check_ops(model: onnx.ModelProto, profile: DeviceProfile, *,
+              extra_ops: frozenset[tuple[str, str]] = frozenset()) -> None:
+    """Raise OpSupportError listing every node, domain and opset ``profile`` cannot run.
+
+    ``extra_ops``: (domain, op_type) pairs outside the standard domains that this graph kind may use
+    on this profile (the causal-LM graph's ONNX Runtime kernels where ``profile.decoder_ops`` allows)."""
     where = f"profile '{profile.name}'"
     violations = []
     for imp in model.opset_import:
@@ -55,6 +59,8 @@ def check_ops(model: onnx.ModelProto, profile: DeviceProfile) -> None:
                           f"Fix: re-export with opset_version={profile.opset}")
     unsupported = set(profile.unsupported_ops)
     for node in iter_nodes(model.graph):
+        if (node.domain, node.op_type) in extra_ops:
+            continue
         if node.domain not in STANDARD_DOMAINS:
             violations.append(
                 f"node '{node_label(node)}' (op {_op_name(node)}): domain '{node.domain}' is not standard ONNX "

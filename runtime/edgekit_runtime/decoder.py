@@ -185,7 +185,9 @@ def smoke_feeds(backend: Backend, spec: DecoderSpec, ids: Sequence[int]) -> dict
     """A batch-1 prefill of ``ids`` with an empty past, after checking the graph's IO (load's smoke run)."""
     check_decoder_io(backend.inputs, backend.outputs, spec)
     dtypes = {s.name: np.dtype(s.dtype) for s in backend.inputs}
-    feeds = left_pad([list(ids)], spec.pad_token_id, dtypes["input_ids"])
+    # at least one token: an empty prefill is no real call (ONNX Runtime's GroupQueryAttention refuses it)
+    ids = list(ids) or [spec.bos_token_id if spec.bos_token_id is not None else spec.pad_token_id]
+    feeds = left_pad([ids], spec.pad_token_id, dtypes["input_ids"])
     for past, _ in kv_names(spec.num_layers):
         feeds[past] = np.zeros((1, spec.num_kv_heads, 0, spec.head_dim), dtype=dtypes[past])
     return feeds

@@ -429,20 +429,25 @@ class Generator:
     def _choose(self, logits: np.ndarray, rows: Sequence[_Row], cfg: GenerationConfig,
                 rngs: Sequence[np.random.Generator] | None) -> np.ndarray:
         active = [b for b, row in enumerate(rows) if row.finish_reason is None]  # stopped rows' logits are unused
-        if not np.isfinite(logits[active]).all():
-            bad = sorted({active[int(i)] for i in np.argwhere(~np.isfinite(logits[active]))[:, 0]})
+        # One pass over the vocabulary: a row's max is NaN if any logit is NaN and +inf if any is +inf; a
+        # row of -inf only has no token to pick. (-inf next to finite logits is a ban, and fine.)
+        peak = logits.max(axis=1)
+        if not np.isfinite(peak[active]).all():
+            bad = [b for b in active if not np.isfinite(peak[b])]
             raise BackendError(f"logits have NaN or inf for batch rows {bad[:10]} (prompts "
                                f"{[rows[b].prompt.index for b in bad[:10]]}): the next token is undefined. Fix: run "
                                f"with the ort-cpu backend to tell a backend precision problem from a broken model.")
         early = [b for b in active if len(rows[b].tokens) < cfg.min_new_tokens]
-        if early:  # too soon to stop: eos and stop ids are not candidates (logits are the backend's: copy)
+        if early:  # too soon to stop: eos and stop ids are not candidates (banned in place, restored below)
             banned = np.fromiter(rows[0].eos | rows[0].stop_ids, dtype=np.int64)
-            logits = logits.copy()
+            saved = logits[:, banned]  # fancy indexing: a copy
             logits[np.asarray(early)[:, None], banned] = -np.inf
         if cfg.do_sample:
             tokens = sampling.sample(logits, rngs, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p)
         else:
             tokens = sampling.greedy(logits)
+        if early:
+            logits[:, banned] = saved  # the backend's array as it was (sampling works on its own copy)
         for b, row in enumerate(rows):
             if row.finish_reason is not None:
                 tokens[b] = self.spec.pad_token_id

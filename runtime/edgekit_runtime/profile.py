@@ -23,6 +23,7 @@ PRECISIONS = ("fp32", "fp16", "int8")
 TOKEN_DTYPES = ("int64", "int32")
 ARCHITECTURES = ("aarch64", "x86_64")
 ACCELERATORS = ("gpu", "cpu")
+DECODER_OPS = ("standard", "ort-contrib")
 INT8_FORMATS = ("qdq", "qoperator")
 
 
@@ -53,6 +54,9 @@ class DeviceProfile:
     tolerances: Mapping[str, Tolerance] = field(hash=False)
     int8_formats: tuple[str, ...] = ()  # int8 graph formats the target takes; required when int8 is allowed
     int8_format: str | None = None  # the default among them
+    # Operator set of causal-LM graphs: "standard" (ONNX domain only, any backend) or "ort-contrib"
+    # (ONNX Runtime's com.microsoft fused decoder kernels; profiles whose only backend is ort-cpu).
+    decoder_ops: str = "standard"
     jetpack: str | None = None
     tensorrt: str | None = None
     cuda: str | None = None
@@ -86,6 +90,8 @@ class DeviceProfile:
             value = getattr(self, f.name)
             if value is None or (f.name == "int8_formats" and not value):
                 continue
+            if f.name == "decoder_ops" and value == "standard":
+                continue  # the default: left out, so profiles written before the key keep their sha256
             if isinstance(value, tuple):
                 value = list(value)
             elif f.name == "tolerances":
@@ -113,6 +119,8 @@ _SCHEMA: dict[str, tuple[Any, bool, tuple | None, str]] = {
     "tolerances": (dict, True, None, "[tolerances.fp32] atol = ..., rtol = ... per precision"),
     "int8_formats": (list, False, INT8_FORMATS, "int8 graph formats the target takes, e.g. ['qdq']"),
     "int8_format": (str, False, INT8_FORMATS, "the default int8 format, one of int8_formats"),
+    "decoder_ops": (str, False, DECODER_OPS, "operator set of causal-LM graphs: 'standard' (ONNX only) or "
+                                              "'ort-contrib' (ONNX Runtime CPU fused kernels)"),
     "jetpack": (str, False, None, "JetPack version, e.g. '6.2'"),
     "tensorrt": (str, False, None, "TensorRT version, e.g. '10.3'"),
     "cuda": (str, False, None, "CUDA version, e.g. '12.6'"),
@@ -200,6 +208,9 @@ def profile_from_dict(data: Mapping[str, Any], source: str = "<dict>") -> Device
     if "tensorrt" in values["backends"] and values.get("int8_formats") and values["int8_formats"] != ("qdq",):
         raise fail("int8_formats", f"{list(values['int8_formats'])}: TensorRT's explicit quantization reads only "
                    "QuantizeLinear/DequantizeLinear graphs", 'use int8_formats = ["qdq"] for a TensorRT target')
+    if values.get("decoder_ops") == "ort-contrib" and tuple(values["backends"]) != ("ort-cpu",):
+        raise fail("decoder_ops", f"'ort-contrib' graphs run on ONNX Runtime's CPU provider only, but backends are "
+                   f"{list(values['backends'])}", 'use decoder_ops = "standard" (the default) for this target')
     gpu_backends = [b for b in values["backends"] if b != "ort-cpu"]
     if values["accelerator"] == "cpu" and gpu_backends:
         raise fail("backends", f"GPU backend {gpu_backends[0]!r} on a CPU-only target",
