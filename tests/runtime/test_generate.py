@@ -373,6 +373,10 @@ def test_streaming_pieces_add_up_to_the_text_per_prompt(tok_path):
     gen = make_generator(tok_path, bias=never(tok_path, EOS))
     pieces: dict[int, list[str]] = {}
     results = gen.generate(PROMPTS, max_new_tokens=24, stream=lambda i, t: pieces.setdefault(i, []).append(t))
+    # without a stream the text is decoded once at the end: the same text, token for token
+    quiet = gen.generate(PROMPTS, max_new_tokens=24)
+    assert [r.text for r in quiet] == [r.text for r in results]
+    assert [r.token_ids for r in quiet] == [r.token_ids for r in results]
     for i, result in enumerate(results):
         assert "".join(pieces.get(i, [])) == result.text
         # random tokens can spell invalid UTF-8 (a real replacement character in the text); what a
@@ -423,6 +427,8 @@ def test_strip_returns_the_answer_and_reports_the_reasoning(tok_path):
     assert stripped.text == gen.tokenizer.decode(kept.token_ids[7:]).lstrip() and stripped.text
     assert stripped.reasoning == kept.reasoning and "".join(pieces) == stripped.text
     assert THINK_END not in stripped.text and kept.reasoning not in stripped.text
+    quiet = gen.generate([[{"role": "user", "content": "2+2?"}]], chat=None, max_new_tokens=20, think="strip")[0]
+    assert (quiet.text, quiet.reasoning, quiet.think_tokens) == (stripped.text, stripped.reasoning, 6)
 
 
 def test_chat_prompts_and_prompt_errors_name_the_index(tok_path):
@@ -489,7 +495,7 @@ MAX_CONTEXT = 128
 class Qwen:
     """The transformers model and tokenizer behind the bundles, and the bundles themselves."""
 
-    def __init__(self, tmp: Path):
+    def __init__(self, tmp: Path, ops: str = "standard"):
         torch = pytest.importorskip("torch")
         pytest.importorskip("transformers")
         from transformers import AutoModelForCausalLM
@@ -505,7 +511,7 @@ class Qwen:
         config = tiny_config("qwen2", vocab_size=len(self.tok), pad_token_id=self.tok.pad_token_id,
                              eos_token_id=self.tok.eos_token_id, initializer_range=0.1)
         self.model = AutoModelForCausalLM.from_config(config, attn_implementation="eager").eval()
-        self.onnx = export_decoder(self.model, tmp / "work" / "model.onnx")
+        self.onnx = export_decoder(self.model, tmp / "work" / "model.onnx", ops=ops, max_positions=MAX_CONTEXT)
         self.bundle = write_decoder_bundle(self.model, self.tok, self.onnx, tmp / "qwen", max_context=MAX_CONTEXT)
         self._write = lambda name: write_decoder_bundle(self.model, self.tok, self.onnx, tmp / name,
                                                         max_context=MAX_CONTEXT)
@@ -532,6 +538,12 @@ class Qwen:
 @pytest.fixture(scope="module")
 def qwen(tmp_path_factory) -> Qwen:
     return Qwen(tmp_path_factory.mktemp("qwen"))
+
+
+@pytest.fixture(scope="module")
+def qwen_contrib(tmp_path_factory) -> Qwen:
+    """The same model as an ort-contrib graph (the CPU profiles'): GroupQueryAttention, cache in place."""
+    return Qwen(tmp_path_factory.mktemp("qwen-contrib"), ops="ort-contrib")
 
 
 @pytest.fixture(scope="module")
@@ -881,3 +893,49 @@ def test_bench_refuses_a_causal_lm_bundle_naming_the_alternative(qwen, capsys):
     suite = Path(__file__).resolve().parents[2] / "benchmarks" / "suites" / "latency.toml"
     code, out, err = _cli(["bench", str(qwen.bundle), "--suite", str(suite)], capsys)
     assert code == 1 and "a causal-lm bundle" in err and "edgekit-run generate" in err
+
+
+def test_contrib_graph_generates_what_transformers_does_with_the_cache_in_place(qwen_contrib):
+    """The ort-contrib bundle decodes through IO binding (KV buffers bound as past and present, written
+    in place): 64 greedy tokens equal transformers' for a left-padded batch and one by one, and
+    equal what the same graph gives with the cache fed back as numpy (kv_cache='present')."""
+    import edgekit_runtime as rt
+    from edgekit_runtime.generate import Generator
+
+    expected = qwen_contrib.hf_generate(QWEN_PROMPTS, 64, qwen_contrib.tok.eos_token_id)
+    with rt.load(qwen_contrib.bundle) as model:
+        assert model.spec.graph_ops == "ort-contrib" and model.generator.kv_cache == "bound"
+        batch = model.generate(QWEN_PROMPTS, max_new_tokens=64, chat=False)
+        alone = model.generate(QWEN_PROMPTS, max_new_tokens=64, chat=False, batch_size=1)
+        plain = Generator(model.backend, model.spec, model.encoder, model.defaults, kv_cache="present")
+        fed_back = plain.generate(QWEN_PROMPTS, max_new_tokens=64, chat=False)
+    for hf, got, single, numpy_cache in zip(expected, batch, alone, fed_back):
+        assert got.token_ids == single.token_ids == numpy_cache.token_ids == hf
+        assert len(set(hf)) > 8
+
+
+def test_contrib_graph_prefills_a_multi_chunk_batch_row_by_row(qwen_contrib):
+    """GroupQueryAttention takes several tokens over a non-empty past at batch 1 only: a batch whose
+    prompt needs several prefill chunks runs its rows one by one, then decodes together."""
+    import edgekit_runtime as rt
+
+    expected = qwen_contrib.hf_generate(QWEN_PROMPTS, 16, qwen_contrib.tok.eos_token_id)
+    with rt.load(qwen_contrib.bundle) as model:
+        generator = model.generator
+        calls = []
+        run = model.backend.run
+        model.backend.run = lambda feeds: calls.append(feeds["input_ids"].shape) or run(feeds)
+        generator.prefill_logits_bytes = 4 * model.spec.vocab_size * 8  # 8 positions a chunk for one row
+        got = model.generate(QWEN_PROMPTS, max_new_tokens=16, chat=False)
+    assert [r.token_ids for r in got] == expected
+    assert calls and {shape[0] for shape in calls} == {1}  # every prefill call is one row; decode is bound
+    assert sorted({shape[1] for shape in calls}) == [6, 8]  # the 14-token width as 8 + 6, for each row
+    assert len(calls) == 2 * len(QWEN_PROMPTS)
+
+
+def test_bound_cache_is_refused_for_a_standard_graph(qwen_model):
+    from edgekit_runtime.generate import Generator
+
+    with pytest.raises(InputError, match="kv_cache='bound'.*graph_ops='standard'.*Fix: leave kv_cache unset"):
+        Generator(qwen_model.backend, qwen_model.spec, qwen_model.encoder, kv_cache="bound")
+    assert qwen_model.generator.kv_cache == "present"
