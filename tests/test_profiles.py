@@ -63,8 +63,16 @@ def test_cpu_profiles_run_ort_cpu_without_fp16():
         assert p.accelerator == "cpu" and p.backends == ("ort-cpu",)
         assert p.precisions == ("fp32", "int8") and p.default_precision == "fp32"
         assert p.tensorrt is None and "Erf" not in p.unsupported_ops
+        assert p.decoder_ops == "ort-contrib" and p.to_dict()["decoder_ops"] == "ort-contrib"
         with pytest.raises(ProfileError, match="Fix:"):
             p.tolerance("fp16")
+
+
+def test_jetson_profiles_keep_standard_decoder_graphs_and_their_hash():
+    for name in ("jetson-orin", "jetson-orin-nano", "jetson-orin-nx", "jetson-xavier-nx"):
+        p = resolve_profile(name)
+        # the default is left out of to_dict, so a profile written before the key hashes as it did
+        assert p.decoder_ops == "standard" and "decoder_ops" not in p.to_dict()
 
 
 def test_unknown_name_lists_valid_names():
@@ -115,9 +123,11 @@ def test_user_profile_by_path(tmp_path):
     (_set("int8_formats", ""), "int8_formats"),
     (_set("int8_formats", 'int8_formats = ["qdq", "qoperator"]'), "int8_formats"),
     (_set("int8_format", 'int8_format = "qoperator"'), "int8_format"),
+    (lambda t: 'decoder_ops = "ort-contrib"\n' + t, "decoder_ops"),
+    (lambda t: 'decoder_ops = "fast"\n' + t, "decoder_ops"),
 ], ids=["unknown-key", "wrong-type", "missing-field", "bool-for-int", "default-not-allowed",
         "missing-tolerance", "gpu-without-tensorrt", "int8-without-format", "tensorrt-with-qoperator",
-        "default-format-not-listed"])
+        "default-format-not-listed", "contrib-ops-with-tensorrt", "unknown-decoder-ops"])
 def test_invalid_profile_names_file_key_and_fix(tmp_path, edit, key):
     path = _user_profile(tmp_path, edit)
     with pytest.raises(ProfileError) as exc:

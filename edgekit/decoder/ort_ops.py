@@ -4,8 +4,8 @@ A decode step on a CPU is memory-bound in its MatMuls and per-node-bound in ever
 standard opset-13 graph spends about 29 nodes a layer on RMSNorm, RoPE, the KV concat, masking and
 softmax. ONNX Runtime's CPU provider has fused kernels for all of them; a graph written with them
 runs about 14 nodes a layer. They exist in ONNX Runtime only (TensorRT cannot parse them), so only
-profiles whose every backend is ONNX Runtime's CPU provider get this graph (``decoder_ops =
-"ort-contrib"`` in the profile); the Jetson profiles keep the standard-domain graph.
+profiles that ask for them get this graph (``decoder_ops = "ort-contrib"``: the packaged CPU-only
+profiles); the Jetson profiles keep the standard-domain graph.
 
 Each op is a ``torch.autograd.Function`` whose ``forward`` computes the same result in torch (so the
 wrapper module still runs, and the tracer sees the right shapes) and whose ``symbolic`` emits the

@@ -55,7 +55,7 @@ class DeviceProfile:
     int8_formats: tuple[str, ...] = ()  # int8 graph formats the target takes; required when int8 is allowed
     int8_format: str | None = None  # the default among them
     # Operator set of causal-LM graphs: "standard" (ONNX domain only, any backend) or "ort-contrib"
-    # (ONNX Runtime's com.microsoft fused decoder kernels; profiles whose only backend is ort-cpu).
+    # (ONNX Runtime's com.microsoft fused decoder kernels; not with the native TensorRT backend).
     decoder_ops: str = "standard"
     jetpack: str | None = None
     tensorrt: str | None = None
@@ -208,9 +208,10 @@ def profile_from_dict(data: Mapping[str, Any], source: str = "<dict>") -> Device
     if "tensorrt" in values["backends"] and values.get("int8_formats") and values["int8_formats"] != ("qdq",):
         raise fail("int8_formats", f"{list(values['int8_formats'])}: TensorRT's explicit quantization reads only "
                    "QuantizeLinear/DequantizeLinear graphs", 'use int8_formats = ["qdq"] for a TensorRT target')
-    if values.get("decoder_ops") == "ort-contrib" and tuple(values["backends"]) != ("ort-cpu",):
-        raise fail("decoder_ops", f"'ort-contrib' graphs run on ONNX Runtime's CPU provider only, but backends are "
-                   f"{list(values['backends'])}", 'use decoder_ops = "standard" (the default) for this target')
+    if values.get("decoder_ops") == "ort-contrib" and "tensorrt" in values["backends"]:
+        raise fail("decoder_ops", f"'ort-contrib' graphs use ONNX Runtime's own ops, which TensorRT cannot parse, but "
+                   f"backends are {list(values['backends'])}", 'use decoder_ops = "standard" (the default) for a '
+                   'TensorRT target')
     gpu_backends = [b for b in values["backends"] if b != "ort-cpu"]
     if values["accelerator"] == "cpu" and gpu_backends:
         raise fail("backends", f"GPU backend {gpu_backends[0]!r} on a CPU-only target",

@@ -17,7 +17,7 @@ def _profile(backends):
     data = cpu_profile_dict() | {"backends": list(backends)}
     if set(backends) != {"ort-cpu"}:  # GPU backends need a GPU profile
         data |= {"accelerator": "gpu", "tensorrt": "10.3", "cuda": "12.6", "compute_capability": "8.7",
-                 "int8_formats": ["qdq"], "int8_format": "qdq"}
+                 "int8_formats": ["qdq"], "int8_format": "qdq", "decoder_ops": "standard"}
     return rt.profile_from_dict(data, source="test")
 
 

@@ -30,7 +30,7 @@ from runtime_fixtures import INPUTS, LABELS, MAX_LENGTH, cpu_profile_dict
 
 MODEL_SHA = "ab" * 32
 GPU_FIELDS = {"accelerator": "gpu", "tensorrt": "10.3", "cuda": "12.6", "compute_capability": "8.7",
-              "int8_formats": ["qdq"], "int8_format": "qdq"}
+              "int8_formats": ["qdq"], "int8_format": "qdq", "decoder_ops": "standard"}
 
 
 def make_plan(flags=("fp16",), max_batch=32, length=MAX_LENGTH, workspace=4096, names=INPUTS):
