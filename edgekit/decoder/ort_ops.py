@@ -53,17 +53,22 @@ class SkipRMSNorm(torch.autograd.Function):
         return out[0], out[3]
 
 
+def _rope_torch(x, position_ids, cos, sin, num_heads):
+    """Non-interleaved RoPE of (B, S, N * D) in torch (what RotaryEmbedding computes)."""
+    b, s, width = x.shape
+    d = width // num_heads
+    c, sn = cos[position_ids].unsqueeze(2), sin[position_ids].unsqueeze(2)    # (B, S, 1, D/2)
+    x = x.view(b, s, num_heads, d)
+    x1, x2 = x[..., : d // 2], x[..., d // 2:]
+    return torch.cat((x1 * c - x2 * sn, x2 * c + x1 * sn), -1).reshape(b, s, width)
+
+
 class Rotary(torch.autograd.Function):
     """RoPE on (B, S, N * D) at ``position_ids`` (B, S) int64, from (P, D / 2) cos / sin tables."""
 
     @staticmethod
     def forward(ctx, x, position_ids, cos, sin, num_heads):
-        b, s, width = x.shape
-        d = width // num_heads
-        c, sn = cos[position_ids].unsqueeze(2), sin[position_ids].unsqueeze(2)    # (B, S, 1, D/2)
-        x = x.view(b, s, num_heads, d)
-        x1, x2 = x[..., : d // 2], x[..., d // 2:]
-        return torch.cat((x1 * c - x2 * sn, x2 * c + x1 * sn), -1).reshape(b, s, width)
+        return _rope_torch(x, position_ids, cos, sin, num_heads)
 
     @staticmethod
     def symbolic(g, x, position_ids, cos, sin, num_heads):
@@ -99,15 +104,6 @@ class GroupedAttention(torch.autograd.Function):
         out = g.op(f"{CONTRIB_DOMAIN}::GroupQueryAttention", q, k, v, past_key, past_value, seqlens_k, total, bias,
                    num_heads_i=num_heads, kv_num_heads_i=kv_heads, scale_f=scale, do_rotary_i=0, outputs=3)
         return _typed(out, q, past_key)
-
-
-def _rope_torch(x, position_ids, cos, sin, num_heads):
-    b, s, width = x.shape
-    d = width // num_heads
-    c, sn = cos[position_ids].unsqueeze(2), sin[position_ids].unsqueeze(2)    # (B, S, 1, D/2)
-    x = x.view(b, s, num_heads, d)
-    x1, x2 = x[..., : d // 2], x[..., d // 2:]
-    return torch.cat((x1 * c - x2 * sn, x2 * c + x1 * sn), -1).reshape(b, s, width)
 
 
 class PackedAttention(torch.autograd.Function):
