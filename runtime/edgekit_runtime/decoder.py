@@ -164,7 +164,7 @@ class BoundCache:
                  head_dim: int, dtype: np.dtype, token_dtype: np.dtype, vocab_size: int):
         import onnxruntime as ort
 
-        self._ort, self.session, self.names = ort, session, names
+        self._ort, self.session, self.names, self.capacity = ort, session, names, capacity
         self.buffers = {past: np.zeros((batch, heads, capacity, head_dim), dtype=dtype) for past, _ in names}
         self.binding = session.io_binding()
         self._values = []  # the OrtValues alias the arrays above; kept alive with them

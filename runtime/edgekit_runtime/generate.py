@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping, Sequence
@@ -290,6 +291,8 @@ class Generator:
         self.backend, self.spec, self.tokenizer = backend, spec, tokenizer
         self.defaults = defaults or GenerationConfig()
         self.kv_cache = kv_cache
+        self._bound_pool: dict[int, BoundCache] = {}  # batch size -> an idle bound cache (see _decode_cache)
+        self._pool_lock = threading.Lock()
         self.prefill_logits_bytes = PREFILL_LOGITS_BYTES
         self.names = kv_names(spec.num_layers)
         dtypes = {s.name: np.dtype(s.dtype) for s in backend.inputs}
@@ -416,8 +419,27 @@ class Generator:
         mask[:, :width] = feeds["attention_mask"]
         logits, presents = self._prefill(feeds, mask[:, :width])
         cache = self._decode_cache(batch, capacity)
-        cache.load(presents, width)
-        positions = feeds["position_ids"][:, -1:].copy()  # each row's last position; +1 per step
+        try:
+            first_at, prefill_s = self._decode(rows, cfg, rngs, stream, logits, presents, cache, mask,
+                                               feeds["position_ids"][:, -1:].copy(), started)
+        finally:
+            self._release(cache)
+        prompt_tokens = sum(len(p.ids) for p in prompts)
+        results = []
+        for row in rows:
+            decode_s = (row.done_at or first_at) - first_at
+            n = len(row.tokens) - 1
+            results.append(row.result({
+                "time_to_first_token_s": first_at - started, "prefill_s": prefill_s,
+                "prefill_tokens_per_s": prompt_tokens / prefill_s if prefill_s > 0 else None,
+                "decode_s": decode_s, "decode_tokens_per_s": n / decode_s if n > 0 and decode_s > 0 else None,
+                "batch_size": batch}))
+        return results
+
+    def _decode(self, rows, cfg, rngs, stream, logits, presents, cache, mask, positions, started):
+        """The token loop from the prefill's logits; returns (first token time, prefill seconds).
+        ``positions`` holds each row's last position and moves by one per step."""
+        cache.load(presents, presents[self.names[0][1]].shape[2])
         prefill_s = time.perf_counter() - started
         first_at = None
         for _ in range(cfg.max_new_tokens):
@@ -437,17 +459,7 @@ class Generator:
             mask[:, length] = 1  # stopped rows too: they are fed pad tokens, as transformers does
             positions += 1
             logits = self._step(tokens, positions, mask[:, :length + 1], cache)
-        prompt_tokens = sum(len(p.ids) for p in prompts)
-        results = []
-        for row in rows:
-            decode_s = (row.done_at or first_at) - first_at
-            n = len(row.tokens) - 1
-            results.append(row.result({
-                "time_to_first_token_s": first_at - started, "prefill_s": prefill_s,
-                "prefill_tokens_per_s": prompt_tokens / prefill_s if prefill_s > 0 else None,
-                "decode_s": decode_s, "decode_tokens_per_s": n / decode_s if n > 0 and decode_s > 0 else None,
-                "batch_size": batch}))
-        return results
+        return first_at, prefill_s
 
     def _choose(self, logits: np.ndarray, rows: Sequence[_Row], cfg: GenerationConfig,
                 rngs: Sequence[np.random.Generator] | None) -> np.ndarray:
@@ -505,10 +517,21 @@ class Generator:
         return np.concatenate(logits), {name: np.concatenate([p[name] for p in presents]) for name in presents[0]}
 
     def _decode_cache(self, batch: int, capacity: int):
+        """A cache for ``capacity`` positions. Bound caches are kept for the next call of the same batch
+        size (their buffers and binding are reused: positions past the current length are never read)."""
         args = (self.names, batch, self.spec.num_kv_heads, capacity, self.spec.head_dim, self.kv_dtype)
-        if self.kv_cache == "bound":
-            return BoundCache(bound_session(self.backend), *args, self.token_dtype, self.spec.vocab_size)
-        return KV_CACHES[self.kv_cache](*args)
+        if self.kv_cache != "bound":
+            return KV_CACHES[self.kv_cache](*args)
+        with self._pool_lock:
+            cache = self._bound_pool.pop(batch, None)
+        if cache is None or cache.capacity < capacity:
+            cache = BoundCache(bound_session(self.backend), *args, self.token_dtype, self.spec.vocab_size)
+        return cache
+
+    def _release(self, cache) -> None:
+        if isinstance(cache, BoundCache):
+            with self._pool_lock:
+                self._bound_pool[cache.ids.shape[0]] = cache
 
     def _step(self, tokens: np.ndarray, positions: np.ndarray, mask: np.ndarray, cache) -> np.ndarray:
         """One decode step of ``tokens`` (B,); the new position's logits (B, V)."""

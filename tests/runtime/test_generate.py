@@ -939,3 +939,20 @@ def test_bound_cache_is_refused_for_a_standard_graph(qwen_model):
     with pytest.raises(InputError, match="kv_cache='bound'.*graph_ops='standard'.*Fix: leave kv_cache unset"):
         Generator(qwen_model.backend, qwen_model.spec, qwen_model.encoder, kv_cache="bound")
     assert qwen_model.generator.kv_cache == "present"
+
+
+def test_bound_cache_is_reused_across_calls_without_leaking_state(qwen_contrib):
+    """An idle bound cache serves the next call of the same batch size when it is large enough; the
+    positions a longer earlier call left in its buffers are never read (same tokens as a fresh one)."""
+    import edgekit_runtime as rt
+
+    expected = qwen_contrib.hf_generate(QWEN_PROMPTS[1:2], 12, qwen_contrib.tok.eos_token_id)
+    with rt.load(qwen_contrib.bundle) as model:
+        generator = model.generator
+        model.generate(QWEN_PROMPTS[:1], max_new_tokens=40, chat=False)  # a long context first
+        first = generator._bound_pool[1]
+        again = model.generate(QWEN_PROMPTS[1:2], max_new_tokens=12, chat=False)
+        assert generator._bound_pool[1] is first  # reused: 12 + a short prompt fits in 40 + a long one
+        model.generate(QWEN_PROMPTS[:1], max_new_tokens=90, chat=False)
+        assert generator._bound_pool[1] is not first and generator._bound_pool[1].capacity > first.capacity
+    assert again[0].token_ids == expected[0]
