@@ -641,10 +641,7 @@ class Report:
         out.append(para("The compile command line is " + NOT_RECORDED + "; the resolved recipe below is what it ran "
                         "(every flag folded in)."))
         name = str(get(m, "profile", "name") or "PROFILE")
-        cmds = ["edgekit-run verify BUNDLE", "edgekit-run predict BUNDLE \"some text\"",
-                "edgekit-run bench BUNDLE --suite benchmarks/suites/standard.toml --json result.json",
-                "edgekit report BUNDLE --bench result.json --out report.html"]
-        out.append(pre("\n".join(cmds)))
+        out.append(self._commands())
         trt = get(m, "engine_plan", "trtexec")
         if trt:
             out.append(para(f"TensorRT build on the device ({name}), as recorded in engine_plan:"))
@@ -687,6 +684,11 @@ class Report:
         else:
             out.append(missing("the recipe"))
         return "".join(out)
+
+    def _commands(self) -> str:
+        return pre("\n".join(["edgekit-run verify BUNDLE", "edgekit-run predict BUNDLE \"some text\"",
+                              "edgekit-run bench BUNDLE --suite benchmarks/suites/standard.toml --json result.json",
+                              "edgekit report BUNDLE --bench result.json --out report.html"]))
 
     # ------------------------------------------------------------ page
 
@@ -751,8 +753,13 @@ def write_report(bundle: str | Path, out: str | Path, bench_paths: Sequence[str 
     except BundleError as exc:
         integrity = "FAILED: " + str(exc).replace("\n", " ")
     bench = [item for path in bench_paths for item in read_bench(path)]
-    page = Report(manifest, bundle, bench, integrity=integrity, command=command,
-                  bench_files=[str(p) for p in bench_paths]).render()
+    kind = Report
+    if get(manifest, "task", "name") == "causal-lm":
+        from .report_lm import LMReport
+
+        kind = LMReport
+    page = kind(manifest, bundle, bench, integrity=integrity, command=command,
+                bench_files=[str(p) for p in bench_paths]).render()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")

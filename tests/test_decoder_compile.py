@@ -4,6 +4,7 @@ deliberately broken scale; bad flags fail before any training."""
 
 from __future__ import annotations
 
+import html
 import json
 
 import numpy as np
@@ -76,6 +77,19 @@ def test_compile_lm_int8_student_bundle(workspace):
     assert manifest["model"]["graph_ops"] == "ort-contrib"
     names = [p["name"] for p in manifest["pass_log"]]
     assert names[-4:] == ["export", "check ops", "validate", "evaluate graph"] and "qat int8" in names
+
+    # `edgekit report` reads a causal-LM bundle as one: perplexity (lower is better), the int8 gate,
+    # pruning, validation, and generate (not predict) as the command
+    report = workspace / "lm-report.html"
+    result = CliRunner().invoke(main, ["report", str(out), "--out", str(report)])
+    assert result.exit_code == 0, result.output
+    page = html.unescape(report.read_text(encoding="utf-8"))
+    ppl = figures["graph"]["test_perplexity"]
+    assert "test perplexity (lower is better)" in page and f"{ppl:.3f}" in page
+    assert f"{figures['graph']['perplexity_vs_fp32']:.4f}x the fp32 student" in page and "passed" in page
+    assert "2 -> 1" in page  # KV heads, from the prune
+    assert "edgekit-run generate BUNDLE" in page and "edgekit-run predict" not in page
+    assert "greedy agreement" in page and "No compression stage ran" not in page
 
 
 @pytest.mark.slow

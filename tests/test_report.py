@@ -177,3 +177,12 @@ def test_bad_bench_file_is_one_clear_error(bundle, tmp_path):
     bad.write_text('{"schema": "something-else"}')
     result = CliRunner().invoke(main, ["report", str(bundle), "--bench", str(bad), "--out", str(tmp_path / "r.html")])
     assert result.exit_code == 1 and "error:" in result.output and "schema" in result.output
+
+
+def test_causal_lm_report_renders_every_section_from_nothing():
+    from edgekit.report_lm import LMReport
+
+    page = LMReport({"task": {"name": "causal-lm"}}, None).render()
+    for sid, _ in SECTIONS:
+        assert f'<section id="{sid}">' in page
+    assert "could not be drawn" not in page and "quality figures: not recorded in this bundle" in page
