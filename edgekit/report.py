@@ -106,12 +106,7 @@ class Report:
         out.append(kv_table(rows))
 
         out.append("<h3>Sizes</h3>")
-        size_rows = []
-        if self.bundle_bytes() is not None:
-            size_rows.append(("bundle (every file)", fmt_bytes(self.bundle_bytes())))
-        model_file = get(m, "model", "file") or "model.onnx"
-        if self.file_bytes(model_file) is not None:
-            size_rows.append((f"{model_file} ({self.precision} graph)", fmt_bytes(self.file_bytes(model_file))))
+        size_rows = self._file_size_rows()
         int8 = get(self.passes, "int8", "figures")
         if isinstance(int8, Mapping) and num(int8.get("bytes_fp32")) is not None:
             size_rows.append(("graph before / after int8", f"{fmt_bytes(int8.get('bytes_fp32'))} -> "
@@ -131,6 +126,16 @@ class Report:
         out.append("<h3>Compression</h3>")
         out.append(self._compression())
         return "".join(out)
+
+    def _file_size_rows(self) -> list[tuple[str, str]]:
+        """The whole bundle's bytes and the graph file's, where recorded."""
+        rows = []
+        if self.bundle_bytes() is not None:
+            rows.append(("bundle (every file)", fmt_bytes(self.bundle_bytes())))
+        model_file = get(self.m, "model", "file") or "model.onnx"
+        if self.file_bytes(model_file) is not None:
+            rows.append((f"{model_file} ({self.precision} graph)", fmt_bytes(self.file_bytes(model_file))))
+        return rows
 
     def _signature(self) -> str:
         if self.dir is None:

@@ -52,12 +52,7 @@ class LMReport(Report):
                 ("compiled", f"{get(m, 'created_utc') or '?'} by edgekit {get(m, 'edgekit_version') or '?'}")]
         out = [kv_table(rows), "<h3>Sizes</h3>"]
         teacher, student = self._figures("teacher"), self._figures("student")
-        size_rows = []
-        if self.bundle_bytes() is not None:
-            size_rows.append(("bundle (every file)", fmt_bytes(self.bundle_bytes())))
-        model_file = get(m, "model", "file") or "model.onnx"
-        if self.file_bytes(model_file) is not None:
-            size_rows.append((f"{model_file} ({self.precision} graph)", fmt_bytes(self.file_bytes(model_file))))
+        size_rows = self._file_size_rows()
         for label, figs in (("teacher", teacher), ("student", student)):
             params = num(figs.get("params"))
             if params is not None:

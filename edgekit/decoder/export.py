@@ -323,7 +323,6 @@ class ExportableDecoder(nn.Module):
         inner = self.model.model
         layers = inner.layers
         kv_heads, eps = self.shape.num_kv_heads, inner.norm.variance_epsilon
-        batch, seq = input_ids.shape[0], input_ids.shape[1]
         hidden = inner.embed_tokens(input_ids)
         positions = position_ids.long()
         # every row spans all T columns (padding is masked by the bias), so seqlens_k = T - 1 for each row

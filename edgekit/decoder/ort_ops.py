@@ -25,7 +25,6 @@ contrib op. Semantics, per ONNX Runtime's contrib operator spec (ContribOperator
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 CONTRIB_DOMAIN = "com.microsoft"
 CONTRIB_OPS = frozenset((CONTRIB_DOMAIN, op) for op in
