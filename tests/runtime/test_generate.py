@@ -892,7 +892,30 @@ def test_chunked_prefill_on_the_graph_still_equals_transformers(qwen_model, qwen
 def test_bench_refuses_a_causal_lm_bundle_naming_the_alternative(qwen, capsys):
     suite = Path(__file__).resolve().parents[2] / "benchmarks" / "suites" / "latency.toml"
     code, out, err = _cli(["bench", str(qwen.bundle), "--suite", str(suite)], capsys)
-    assert code == 1 and "a causal-lm bundle" in err and "edgekit-run generate" in err
+    assert code == 1 and "a causal-lm bundle, but runs ['latency']" in err and "generation.toml" in err
+
+
+def test_bench_generation_suite_times_a_causal_lm_bundle(qwen_contrib, tiny_bundle, tmp_path, capsys):
+    """The generation kind: the runtime's own timings per batch size, every prompt generating exactly
+    max_new_tokens; a classifier bundle is refused naming the runs."""
+    suite = tmp_path / "gen.toml"
+    suite.write_text('[suite]\nname = "gen"\n[[run]]\nkind = "generation"\nprompts = 4\nmax_new_tokens = 12\n'
+                     'batch_sizes = [1, 2]\nwarmup = 0\n', encoding="utf-8")
+    out = tmp_path / "result.json"
+    code, _, err = _cli(["bench", str(qwen_contrib.bundle), "--suite", str(suite), "--json", str(out)], capsys)
+    assert code == 0, err
+    doc = json.loads(out.read_text())
+    [run] = doc["runs"]
+    assert run["status"] == "ok" and doc["bundle"]["task"] == "causal-lm"
+    m = run["metrics"]
+    for key in ("b1.decode_tokens_per_s", "b2.decode_tokens_per_s", "b2.batch_decode_tokens_per_s",
+                "b1.prefill_tokens_per_s", "b1.time_to_first_token.p50_ms"):
+        assert m[key]["value"] > 0, key
+    assert m["b1.decode_tokens_per_s"]["better"] == "higher" and m["b1.time_to_first_token.p50_ms"]["better"] == "lower"
+    details = run["details"][0]
+    assert details["tokens"] == {"b1": 4 * 12, "b2": 4 * 12} and details["kv_cache"] == "bound"
+    code, _, err = _cli(["bench", str(tiny_bundle), "--suite", str(suite)], capsys)
+    assert code == 1 and "['generation']" in err and "causal-lm" in err
 
 
 def test_contrib_graph_generates_what_transformers_does_with_the_cache_in_place(qwen_contrib):

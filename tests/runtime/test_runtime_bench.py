@@ -17,7 +17,8 @@ from edgekit_runtime.bench import report
 from edgekit_runtime.bench.data import Labelled, build_mix, insert_terms
 from edgekit_runtime.bench.env import ENV_KEYS, environment, jetson_info
 from edgekit_runtime.bench.runner import SCHEMA, VERSION, fixed_feeds, long_feeds
-from edgekit_runtime.bench.suite import KINDS, SuiteError, load_suite
+from edgekit_runtime.bench.suite import GENERATION_KINDS, SuiteError, load_suite
+from edgekit_runtime.bench.suite import KINDS as ALL_KINDS
 from edgekit_runtime.cli import main
 
 from runtime_fixtures import LABELS, REPO
@@ -75,16 +76,20 @@ domain_terms = ["firmware", "lidar"]
 """
 
 
+KINDS = tuple(k for k in ALL_KINDS if k not in GENERATION_KINDS)  # what a classifier bundle runs
+
+
 # ---------------------------------------------------------------- suite files
 
 @pytest.mark.parametrize("path", SUITES, ids=[p.name for p in SUITES])
 def test_shipped_suites_are_valid(path):
     suite = load_suite(path)
-    assert suite.runs and suite.sha256 and all(r.kind in KINDS for r in suite.runs)
+    assert suite.runs and suite.sha256 and all(r.kind in ALL_KINDS for r in suite.runs)
 
 
-def test_standard_suite_covers_every_kind():
+def test_standard_suite_covers_every_classifier_kind():
     assert {r.kind for r in load_suite(REPO / "benchmarks/suites/standard.toml").runs} == set(KINDS)
+    assert {r.kind for r in load_suite(REPO / "benchmarks/suites/generation.toml").runs} == set(GENERATION_KINDS)
 
 
 BAD_SUITES = [

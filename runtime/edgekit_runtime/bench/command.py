@@ -52,7 +52,7 @@ def run(args: argparse.Namespace, usage_error: type[Exception]) -> int:
     from ..model import load
     from .report import check_result, compare, compare_markdown, is_result_file, read_result, to_markdown
     from .runner import Context, run_suite
-    from .suite import load_suite
+    from .suite import GENERATION_KINDS, load_suite
 
     def progress(line: str) -> None:
         if not args.quiet:
@@ -66,12 +66,16 @@ def run(args: argparse.Namespace, usage_error: type[Exception]) -> int:
         for label, path in zip("AB" if len(paths) == 2 else [Path(paths[0]).name], paths):
             progress(f"loading {path}" + (f" as {label}" if len(paths) == 2 else ""))
             model = load(path, threads=suite.threads, backend=suite.backend)
-            if model.task.name != "sequence-classification":
+            generative = model.task.name == "causal-lm"
+            wrong = [r.name for r in suite.runs if (r.kind in GENERATION_KINDS) != generative]
+            if wrong:
                 model.close()
-                raise BundleError(f"{path}: a {model.task.name} bundle; bench suites time and score text "
-                                  f"classifiers (predict). Fix: for a causal-lm bundle, time generation with "
-                                  f"`edgekit-run generate BUNDLE PROMPT --json` (its timings) or "
-                                  f"benchmarks/decoder.py.")
+                if generative:
+                    raise BundleError(f"{path}: a causal-lm bundle, but runs {wrong} of the suite time and score "
+                                      f"text classifiers (predict). Fix: use a suite of kind = \"generation\" runs, "
+                                      f"e.g. benchmarks/suites/generation.toml.")
+                raise BundleError(f"{path}: a {model.task.name} bundle, but runs {wrong} of the suite are "
+                                  f"generation runs, for causal-lm bundles. Fix: leave them out for this bundle.")
             out.append(Context(label, path, model, suite.threads, suite.backend, progress, verbose=args.verbose))
         return out
 

@@ -17,6 +17,9 @@ What each kind times (see benchmarks/README.md for the table of metrics):
   of 200 answers only; lateness (send - due) shows when the clients could not keep the rate.
 - custom_mix: the mix of data.build_mix; accuracy over it and batch-1 latency of every item, per
   group (plain, long, domain) and overall.
+- generation (causal-LM bundles): greedy ``generate`` of the first ``prompts`` texts at each batch
+  size, ``max_new_tokens`` each (exactly that many with ``fixed_length``); the runtime's own timings:
+  time to first token, prefill tokens/s, and decode tokens/s (per row, and for the whole batch).
 
 Every run is repeated ``repeats`` times; with two bundles the repeats alternate which bundle goes
 first (A B, B A, A B, ...). A metric's value is the median over its repeats, its ``samples`` the
@@ -376,9 +379,51 @@ def run_custom_mix(ctx: Context, spec: RunSpec) -> tuple[dict[str, Metric], dict
                      "timings_ms": {"all": [round(t * 1e3, 4) for t in times]}}
 
 
+
+
+# ---------------------------------------------------------------- generation
+
+def run_generation(ctx: Context, spec: RunSpec) -> tuple[dict[str, Metric], dict[str, Any]]:
+    model = ctx.model
+    texts, source = read_texts(spec["data"], spec["text_column"], limit=spec["prompts"])
+    new = spec["max_new_tokens"]
+    options = {"max_new_tokens": new, "min_new_tokens": new if spec["fixed_length"] else 0,
+               "chat": spec["chat"], "do_sample": False}
+    metrics: dict[str, Metric] = {}
+    info: dict[str, Any] = {"prompts": {**source, "n": len(texts)}, "kv_cache": model.generator.kv_cache,
+                            "graph_ops": model.spec.graph_ops, "tokens": {}}
+    for b in spec["batch_sizes"]:
+        group = f"b{b}"
+        batches = [texts[i:i + b] for i in range(0, len(texts), b)]
+        for i in range(spec["warmup"]):
+            model.generate(batches[i % len(batches)], batch_size=b, **options)
+        ctx.progress(f"{group}: {len(texts)} prompts in {len(batches)} generate call(s), {new} new tokens each")
+        ttft, prefill, row_decode, batch_decode, produced = [], [], [], [], 0
+        for batch in batches:
+            results = model.generate(batch, batch_size=b, **options)
+            timings = [r.timings for r in results]
+            ttft.append(timings[0]["time_to_first_token_s"])
+            prefill.append(timings[0]["prefill_tokens_per_s"])
+            row_decode += [t["decode_tokens_per_s"] for t in timings if t["decode_tokens_per_s"]]
+            span = max(t["decode_s"] for t in timings)
+            steps = sum(len(r.token_ids) - 1 for r in results)
+            if span > 0:
+                batch_decode.append(steps / span)
+            produced += sum(len(r.token_ids) for r in results)
+        metrics.update(latency_stats(f"{group}.time_to_first_token", ttft))
+        metrics[f"{group}.prefill_tokens_per_s"] = (float(np.median(prefill)), "tokens/s", "higher")
+        metrics[f"{group}.decode_tokens_per_s"] = (float(np.median(row_decode)) if row_decode else None,
+                                                   "tokens/s", "higher")
+        if b > 1:
+            metrics[f"{group}.batch_decode_tokens_per_s"] = (float(np.median(batch_decode)) if batch_decode
+                                                             else None, "tokens/s", "higher")
+        info["tokens"][group] = produced
+    return metrics, info
+
+
 KIND_RUNNERS: dict[str, Callable[[Context, RunSpec], tuple[dict[str, Metric], dict[str, Any]]]] = {
     "latency": run_latency, "throughput": run_throughput, "memory": run_memory, "accuracy": run_accuracy,
-    "stress": run_stress, "custom_mix": run_custom_mix,
+    "stress": run_stress, "custom_mix": run_custom_mix, "generation": run_generation,
 }
 
 
@@ -391,7 +436,8 @@ def bundle_record(ctx: Context) -> dict[str, Any]:
     options = getattr(getattr(model.backend, "session", None), "get_session_options", None)
     intra = options().intra_op_num_threads if callable(options) else None
     return {"path": str(ctx.bundle), "label": ctx.label, "task": manifest["task"].get("name"),
-            "labels": list(model.labels), "profile": model.profile.name, "device": model.profile.device,
+            "labels": list(getattr(model, "labels", [])), "profile": model.profile.name,
+            "device": model.profile.device,
             "precision": manifest["model"].get("precision"), "max_length": model.encoder.max_length,
             "model_sha256": manifest["files"][model_file]["sha256"], "manifest_sha256": manifest.get("manifest_sha256"),
             "backend": model.backend_name, "backend_requested": ctx.backend,

@@ -8,6 +8,7 @@
 
     [[run]]
     kind = "latency"                 # latency | throughput | memory | accuracy | stress | custom_mix
+                                     # (text classifiers) | generation (causal-LM bundles)
     name = "latency"                 # optional (default: the kind); unique in the suite
     ...                              # the kind's keys: RUN_KEYS below
 
@@ -31,7 +32,9 @@ from typing import Any, Callable, Mapping
 from ..errors import EdgekitError
 from ..profile import BACKENDS
 
-KINDS = ("latency", "throughput", "memory", "accuracy", "stress", "custom_mix")
+KINDS = ("latency", "throughput", "memory", "accuracy", "stress", "custom_mix", "generation")
+# What each kind needs: a text classifier (predict) or a causal-LM bundle (generate).
+GENERATION_KINDS = ("generation",)
 DATA_EXTENSIONS = {".csv": "csv", ".tsv": "tsv", ".jsonl": "jsonl", ".ndjson": "jsonl", ".txt": "txt"}
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]*$")
 
@@ -154,6 +157,17 @@ RUN_KEYS: dict[str, dict[str, Key]] = {
         "terms_per_text": Key("int", 2, "2", _at_least(1)),
         "seed": Key("int", 0, "0", _at_least(0), "picks which items become long / domain items"),
         "warmup": Key("int", 5, "5", _at_least(0), "untimed calls before the batch-1 latency pass"),
+    },
+    "generation": {
+        "prompts": Key("int", 8, "8", _at_least(1), "prompts taken from the texts (the first N)"),
+        "max_new_tokens": Key("int", 64, "64", _at_least(2), "tokens generated per prompt"),
+        "fixed_length": Key("bool", True, "true", None,
+                            "min_new_tokens = max_new_tokens: every prompt generates exactly that many tokens, "
+                            "so runs compare like for like (false: stop at eos)"),
+        "batch_sizes": Key("list[int]", [1], "[1, 4]", _nonempty_positive, "prompts per generate call"),
+        "warmup": Key("int", 1, "1", _at_least(0), "untimed generate calls per batch size"),
+        "chat": Key("bool", False, "false", None, "wrap each prompt in the bundle's chat template"),
+        **_TEXT_SOURCE,
     },
 }
 COMMON_KEYS = {"kind": Key("str", REQUIRED, '"latency"', _one_of(*KINDS)),
