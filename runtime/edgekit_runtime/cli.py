@@ -375,9 +375,12 @@ def build_parser() -> argparse.ArgumentParser:
     from .bench.command import add_arguments as add_bench_arguments
 
     p = sub.add_parser("bench", formatter_class=fmt, parents=[verbose],
-                       help="run a benchmark suite (latency, throughput, memory, accuracy, stress, mix); A/B compare",
+                       help="run a benchmark suite (latency, throughput, memory, accuracy, stress, mix; "
+                            "generation for causal-lm bundles); A/B compare",
                        description="Run the suite FILE (TOML: benchmarks/suites/*.toml) on the bundle: latency, "
-                                   "throughput, memory, accuracy, stress against `serve`, custom mix. Prints a "
+                                   "throughput, memory, accuracy, stress against `serve`, custom mix for text "
+                                   "classifiers; generation (time to first token, prefill and decode tokens/s; "
+                                   "benchmarks/suites/generation.toml) for causal-lm bundles. Prints a "
                                    "Markdown report (progress on stderr, never input text); --json writes every "
                                    "figure with the environment (schema edgekit-bench, version 1). --compare A B "
                                    "sets two results, or two bundles run interleaved, side by side: ratio B/A, "
