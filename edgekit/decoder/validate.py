@@ -79,10 +79,12 @@ def validate_decoder(model: nn.Module, onnx_path: str | Path, *, input_ids=None,
     # The session the device runtime makes (for a QDQ graph on the CPU provider: its fusion settings).
     nodes = onnx.load(str(onnx_path), load_external_data=False).graph.node
     qdq = any(n.op_type == "DequantizeLinear" for n in nodes)
-    # The ort-contrib graph rotates keys at their cache index: a left-padded row's keys are all turned by
-    # its padding, which attention (relative) does not see. Its keys are compared on unpadded rows; the
-    # padded rows' keys are checked through the decode steps' logits, which read them.
-    shifted_keys = any(n.op_type == "GroupQueryAttention" for n in nodes)
+    # GroupQueryAttention with RoPE inside (the ort-contrib graph's fused layers) rotates keys at their
+    # cache index: a left-padded row's keys are all turned by its padding, which attention (relative)
+    # does not see. Then keys are compared on unpadded rows; the padded rows' keys are checked through
+    # the decode steps' logits, which read them.
+    shifted_keys = any(n.op_type == "GroupQueryAttention" and any(a.name == "do_rotary" and a.i for a in n.attribute)
+                       for n in nodes)
     session = ort_session(str(onnx_path), list(providers), threads=threads, quantized=qdq)
     token_np = NP_TOKEN_DTYPES[session.get_inputs()[0].type]
     names = [o.name for o in session.get_outputs()]
