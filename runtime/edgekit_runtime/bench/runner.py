@@ -44,14 +44,13 @@ from .. import metrics as M
 from ..errors import EdgekitError
 from .data import build_mix, read_labelled, read_texts
 from .env import environment
+from .generation import run_generation
 from .serve_client import BenchRunError, _connection, _get, _Server, child_env, open_loop
+from .stats import Metric, latency_stats
 from .suite import RunSpec, Suite
 
 SCHEMA, VERSION = "edgekit-bench", 1
 PROBE = Path(__file__).resolve().with_name("memprobe.py")
-PERCENTILES = (50, 90, 95, 99)
-
-Metric = tuple[float | int | None, str, str | None]  # value, unit, better ("lower" | "higher" | None)
 
 
 @dataclass
@@ -79,20 +78,6 @@ def _failure(exc: BaseException) -> str:
     if isinstance(exc, (OSError, subprocess.SubprocessError, TimeoutError)):
         return f"{type(exc).__name__}: {' '.join(str(exc).split())}"
     return f"internal error {type(exc).__name__} (message withheld: it may quote input; rerun with --verbose)"
-
-
-def latency_stats(prefix: str, seconds: Sequence[float]) -> dict[str, Metric]:
-    """min, mean, p50, p90, p95, p99, max in ms (numpy's linear percentiles) and the sample count."""
-    ms = np.asarray(seconds, dtype=np.float64) * 1e3
-    if ms.size == 0:
-        return {f"{prefix}.n": (0, "count", None)}
-    out: dict[str, Metric] = {f"{prefix}.min_ms": (float(ms.min()), "ms", "lower"),
-                              f"{prefix}.mean_ms": (float(ms.mean()), "ms", "lower")}
-    for q in PERCENTILES:
-        out[f"{prefix}.p{q}_ms"] = (float(np.percentile(ms, q)), "ms", "lower")
-    out[f"{prefix}.max_ms"] = (float(ms.max()), "ms", "lower")
-    out[f"{prefix}.n"] = (int(ms.size), "count", None)
-    return out
 
 
 # ---------------------------------------------------------------- latency
@@ -381,46 +366,6 @@ def run_custom_mix(ctx: Context, spec: RunSpec) -> tuple[dict[str, Metric], dict
 
 
 
-# ---------------------------------------------------------------- generation
-
-def run_generation(ctx: Context, spec: RunSpec) -> tuple[dict[str, Metric], dict[str, Any]]:
-    model = ctx.model
-    texts, source = read_texts(spec["data"], spec["text_column"], limit=spec["prompts"])
-    new = spec["max_new_tokens"]
-    options = {"max_new_tokens": new, "min_new_tokens": new if spec["fixed_length"] else 0,
-               "chat": spec["chat"], "do_sample": False}
-    metrics: dict[str, Metric] = {}
-    info: dict[str, Any] = {"prompts": {**source, "n": len(texts)}, "kv_cache": model.generator.kv_cache,
-                            "graph_ops": model.spec.graph_ops, "tokens": {}}
-    for b in spec["batch_sizes"]:
-        group = f"b{b}"
-        batches = [texts[i:i + b] for i in range(0, len(texts), b)]
-        for i in range(spec["warmup"]):
-            model.generate(batches[i % len(batches)], batch_size=b, **options)
-        ctx.progress(f"{group}: {len(texts)} prompts in {len(batches)} generate call(s), {new} new tokens each")
-        ttft, prefill, row_decode, batch_decode, produced = [], [], [], [], 0
-        for batch in batches:
-            results = model.generate(batch, batch_size=b, **options)
-            timings = [r.timings for r in results]
-            ttft.append(timings[0]["time_to_first_token_s"])
-            prefill.append(timings[0]["prefill_tokens_per_s"])
-            row_decode += [t["decode_tokens_per_s"] for t in timings if t["decode_tokens_per_s"]]
-            span = max(t["decode_s"] for t in timings)
-            steps = sum(len(r.token_ids) - 1 for r in results)
-            if span > 0:
-                batch_decode.append(steps / span)
-            produced += sum(len(r.token_ids) for r in results)
-        metrics.update(latency_stats(f"{group}.time_to_first_token", ttft))
-        metrics[f"{group}.prefill_tokens_per_s"] = (float(np.median(prefill)), "tokens/s", "higher")
-        metrics[f"{group}.decode_tokens_per_s"] = (float(np.median(row_decode)) if row_decode else None,
-                                                   "tokens/s", "higher")
-        if b > 1:
-            metrics[f"{group}.batch_decode_tokens_per_s"] = (float(np.median(batch_decode)) if batch_decode
-                                                             else None, "tokens/s", "higher")
-        info["tokens"][group] = produced
-    return metrics, info
-
-
 KIND_RUNNERS: dict[str, Callable[[Context, RunSpec], tuple[dict[str, Metric], dict[str, Any]]]] = {
     "latency": run_latency, "throughput": run_throughput, "memory": run_memory, "accuracy": run_accuracy,
     "stress": run_stress, "custom_mix": run_custom_mix, "generation": run_generation,
@@ -436,8 +381,7 @@ def bundle_record(ctx: Context) -> dict[str, Any]:
     options = getattr(getattr(model.backend, "session", None), "get_session_options", None)
     intra = options().intra_op_num_threads if callable(options) else None
     return {"path": str(ctx.bundle), "label": ctx.label, "task": manifest["task"].get("name"),
-            "labels": list(getattr(model, "labels", [])), "profile": model.profile.name,
-            "device": model.profile.device,
+            "labels": list(model.labels), "profile": model.profile.name, "device": model.profile.device,
             "precision": manifest["model"].get("precision"), "max_length": model.encoder.max_length,
             "model_sha256": manifest["files"][model_file]["sha256"], "manifest_sha256": manifest.get("manifest_sha256"),
             "backend": model.backend_name, "backend_requested": ctx.backend,
