@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from edgekit_runtime import read_manifest, write_bundle
+from decoder_bundles import Qwen
 from runtime_fixtures import build_tokenizer, cpu_profile_dict, export_model, tiny_manifest
 
 
@@ -44,3 +45,25 @@ def remake_bundle(tiny_bundle, tmp_path):
         return write_bundle(tmp_path / f"remade-{next(counter)}", files, manifest)
 
     return remake
+
+
+# ---------------------------------------------------------------- tiny Qwen2 bundles (need torch)
+
+@pytest.fixture(scope="module")
+def qwen(tmp_path_factory) -> Qwen:
+    """The standard-graph bundle (the Jetson profiles' operators) of a tiny random Qwen2."""
+    return Qwen(tmp_path_factory.mktemp("qwen"))
+
+
+@pytest.fixture(scope="module")
+def qwen_model(qwen):
+    import edgekit_runtime as rt
+
+    with rt.load(qwen.bundle) as model:
+        yield model
+
+
+@pytest.fixture(scope="module")
+def qwen_contrib(tmp_path_factory) -> Qwen:
+    """The same model as an ort-contrib graph (the CPU profiles'): GroupQueryAttention, cache in place."""
+    return Qwen(tmp_path_factory.mktemp("qwen-contrib"), ops="ort-contrib")
