@@ -10,7 +10,7 @@ import pytest
 
 from edgekit_runtime import read_manifest, write_bundle
 from decoder_bundles import Qwen
-from runtime_fixtures import build_tokenizer, cpu_profile_dict, export_model, tiny_manifest
+from runtime_fixtures import build_tokenizer, cpu_profile_dict, export_model, gpu_profile, tiny_manifest
 
 
 @pytest.fixture(scope="session")
@@ -45,6 +45,31 @@ def remake_bundle(tiny_bundle, tmp_path):
         return write_bundle(tmp_path / f"remade-{next(counter)}", files, manifest)
 
     return remake
+
+
+# ---------------------------------------------------------------- TensorRT bundles and the engine cache
+
+@pytest.fixture
+def trt_bundle(remake_bundle):
+    """trt_bundle(plan, backends) -> a correctly hashed copy of the tiny bundle for a GPU profile with ``plan``."""
+
+    def make(plan, backends=("tensorrt", "ort-tensorrt", "ort-cpu")):
+        profile = gpu_profile(backends)
+
+        def mutate(manifest):
+            manifest["profile"] = {"name": profile.name, "sha256": profile.sha256, "data": profile.to_dict()}
+            manifest["engine_plan"] = plan
+
+        return remake_bundle(mutate)
+
+    return make
+
+
+@pytest.fixture
+def cache_dir(tmp_path, monkeypatch):
+    root = tmp_path / "cache"
+    monkeypatch.setenv("EDGEKIT_CACHE_DIR", str(root))
+    return root / "tensorrt-engines"
 
 
 # ---------------------------------------------------------------- tiny Qwen2 bundles (need torch)

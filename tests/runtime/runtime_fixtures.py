@@ -10,6 +10,7 @@ import warnings
 from pathlib import Path
 
 from edgekit_runtime import load_profile_file, profile_from_dict
+from edgekit_runtime.trt_plan import trtexec_line
 
 REPO = Path(__file__).resolve().parents[2]
 LABELS = ["negative", "neutral", "positive"]
@@ -84,3 +85,21 @@ def tiny_manifest(profile_data: dict) -> dict:
         "figures": {"validation": {"precision": "fp32", "atol": 1e-4, "rtol": 1e-3, "max_abs_diff": 2.1e-6},
                     "substitutions": {"gelu-tanh": {"fired": False, "skipped": []}}},
     }
+
+
+# ---------------------------------------------------------------- GPU profiles and TensorRT engine plans
+
+MODEL_SHA = "ab" * 32
+GPU_FIELDS = {"accelerator": "gpu", "tensorrt": "10.3", "cuda": "12.6", "compute_capability": "8.7",
+              "int8_formats": ["qdq"], "int8_format": "qdq", "decoder_ops": "standard"}
+
+
+def make_plan(flags=("fp16",), max_batch=32, length=MAX_LENGTH, workspace=4096, names=INPUTS):
+    plan = {"tensorrt": "10.3", "compute_capability": "8.7", "flags": list(flags), "workspace_mb": workspace,
+            "shapes": {n: {"min": [1, 1], "opt": [1, length], "max": [max_batch, length]} for n in names}}
+    plan["trtexec"] = trtexec_line(plan)
+    return plan
+
+
+def gpu_profile(backends):
+    return profile_from_dict(cpu_profile_dict() | GPU_FIELDS | {"backends": list(backends)}, source="test")

@@ -10,15 +10,13 @@ import pytest
 import edgekit_runtime as rt
 from edgekit_runtime.backends import select_backend
 
-from runtime_fixtures import cpu_profile_dict
+from runtime_fixtures import cpu_profile_dict, gpu_profile
 
 
 def _profile(backends):
-    data = cpu_profile_dict() | {"backends": list(backends)}
     if set(backends) != {"ort-cpu"}:  # GPU backends need a GPU profile
-        data |= {"accelerator": "gpu", "tensorrt": "10.3", "cuda": "12.6", "compute_capability": "8.7",
-                 "int8_formats": ["qdq"], "int8_format": "qdq", "decoder_ops": "standard"}
-    return rt.profile_from_dict(data, source="test")
+        return gpu_profile(backends)
+    return rt.profile_from_dict(cpu_profile_dict() | {"backends": list(backends)}, source="test")
 
 
 def test_cuda_then_cpu_falls_back_to_cpu_with_a_reason(tiny_bundle, caplog):
