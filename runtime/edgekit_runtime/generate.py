@@ -10,12 +10,13 @@ it cannot change the others. Prompts and generated text are never logged.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import math
 import threading
 import time
 from dataclasses import dataclass
-from typing import Any, Callable, Mapping, Sequence
+from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
@@ -296,12 +297,28 @@ class Generator:
         mask = np.zeros((batch, capacity), dtype=self.token_dtype)
         mask[:, :width] = feeds["attention_mask"]
         logits, presents = self._prefill(feeds, mask[:, :width])
-        cache = self._decode_cache(batch, capacity)
-        try:
-            first_at, prefill_s = self._decode(rows, cfg, rngs, stream, logits, presents, cache, mask,
-                                               feeds["position_ids"][:, -1:].copy(), started)
-        finally:
-            self._release(cache)
+        with self._decode_cache(batch, capacity) as cache:
+            cache.load(presents, width)
+            positions = feeds["position_ids"][:, -1:].copy()  # each row's last position; +1 per step
+            prefill_s = time.perf_counter() - started
+            first_at = None
+            for _ in range(cfg.max_new_tokens):
+                tokens = self._choose(logits, rows, cfg, rngs)
+                now = time.perf_counter()
+                first_at = first_at or now
+                running = 0
+                for row, token in zip(rows, tokens.tolist()):
+                    if row.finish_reason is None:
+                        piece = row.push(token, now)
+                        if piece and stream is not None:
+                            stream(row.prompt.index, piece)
+                        running += row.finish_reason is None
+                if not running:
+                    break
+                length = cache.length
+                mask[:, length] = 1  # stopped rows too: they are fed pad tokens, as transformers does
+                positions += 1
+                logits = self._step(tokens, positions, mask[:, :length + 1], cache)
         prompt_tokens = sum(len(p.ids) for p in prompts)
         results = []
         for row in rows:
@@ -313,31 +330,6 @@ class Generator:
                 "decode_s": decode_s, "decode_tokens_per_s": n / decode_s if n > 0 and decode_s > 0 else None,
                 "batch_size": batch}))
         return results
-
-    def _decode(self, rows, cfg, rngs, stream, logits, presents, cache, mask, positions, started):
-        """The token loop from the prefill's logits; returns (first token time, prefill seconds).
-        ``positions`` holds each row's last position and moves by one per step."""
-        cache.load(presents, presents[self.names[0][1]].shape[2])
-        prefill_s = time.perf_counter() - started
-        first_at = None
-        for _ in range(cfg.max_new_tokens):
-            tokens = self._choose(logits, rows, cfg, rngs)
-            now = time.perf_counter()
-            first_at = first_at or now
-            running = 0
-            for row, token in zip(rows, tokens.tolist()):
-                if row.finish_reason is None:
-                    piece = row.push(token, now)
-                    if piece and stream is not None:
-                        stream(row.prompt.index, piece)
-                    running += row.finish_reason is None
-            if not running:
-                break
-            length = cache.length
-            mask[:, length] = 1  # stopped rows too: they are fed pad tokens, as transformers does
-            positions += 1
-            logits = self._step(tokens, positions, mask[:, :length + 1], cache)
-        return first_at, prefill_s
 
     def _choose(self, logits: np.ndarray, rows: Sequence[Row], cfg: GenerationConfig,
                 rngs: Sequence[np.random.Generator] | None) -> np.ndarray:
@@ -394,22 +386,24 @@ class Generator:
             return logits[0], presents[0]
         return np.concatenate(logits), {name: np.concatenate([p[name] for p in presents]) for name in presents[0]}
 
-    def _decode_cache(self, batch: int, capacity: int):
-        """A cache for ``capacity`` positions. Bound caches are kept for the next call of the same batch
-        size (their buffers and binding are reused: positions past the current length are never read)."""
+    @contextlib.contextmanager
+    def _decode_cache(self, batch: int, capacity: int) -> Iterator[Any]:
+        """A cache for ``capacity`` positions. A bound cache goes back to the pool afterwards, for the
+        next call of the same batch size (its buffers and binding are reused: positions past the
+        current length are never read)."""
         args = (self.names, batch, self.spec.num_kv_heads, capacity, self.spec.head_dim, self.kv_dtype)
         if self.kv_cache != "bound":
-            return KV_CACHES[self.kv_cache](*args)
+            yield KV_CACHES[self.kv_cache](*args)
+            return
         with self._pool_lock:
             cache = self._bound_pool.pop(batch, None)
         if cache is None or cache.capacity < capacity:
             cache = BoundCache(bound_session(self.backend), *args, self.token_dtype, self.spec.vocab_size)
-        return cache
-
-    def _release(self, cache) -> None:
-        if isinstance(cache, BoundCache):
+        try:
+            yield cache
+        finally:
             with self._pool_lock:
-                self._bound_pool[cache.ids.shape[0]] = cache
+                self._bound_pool[batch] = cache
 
     def _step(self, tokens: np.ndarray, positions: np.ndarray, mask: np.ndarray, cache) -> np.ndarray:
         """One decode step of ``tokens`` (B,); the new position's logits (B, V)."""
