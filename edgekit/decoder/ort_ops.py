@@ -19,7 +19,9 @@ contrib op. Semantics, per ONNX Runtime's contrib operator spec (ContribOperator
   -, -, -, attention_bias)``: causal attention of S new queries over past + new keys, grouped KV heads
   read in place; present = concat(past, new) in (B, H_kv, T, D), the contract's layout. With
   ``seqlens_k = T - 1`` for every row the causal window is the contract's (query i sees keys up to
-  T - S + i) and the padding mask goes in as an additive bias.
+  T - S + i) and the padding mask goes in as an additive bias. Plain fp32 layers pass packed QKV as
+  the query with ``do_rotary=1`` and cos / sin tables (inputs 7-8): RoPE then happens inside, at each
+  key's cache index (a left-padded row's positions all shift by its padding; attention is unchanged).
 """
 
 from __future__ import annotations
@@ -29,7 +31,6 @@ import torch
 CONTRIB_DOMAIN = "com.microsoft"
 CONTRIB_OPS = frozenset((CONTRIB_DOMAIN, op) for op in
                         ("GroupQueryAttention", "RotaryEmbedding", "SkipSimplifiedLayerNormalization"))
-GQA_BIAS_INPUT = 10   # attention_bias's index in GroupQueryAttention's inputs (7-9: rotary caches, position ids)
 
 
 def rms_norm(x: torch.Tensor, weight: torch.Tensor, eps: float) -> torch.Tensor:
@@ -140,7 +141,9 @@ def _typed(out, query, past_key):
 
 
 def fix_gqa_inputs(graph) -> int:
-    """Move each GroupQueryAttention's 8th input (the attention bias) to index 10; returns nodes fixed."""
+    """Put each GroupQueryAttention's traced inputs in their slots, empty names for the optional inputs
+    the tracer cannot emit (packed QKV: key and value; no position_ids; unrotated: no tables), the
+    attention bias last at index 10. Returns the number of nodes fixed."""
     fixed = 0
     for node in graph.graph.node:
         if node.op_type != "GroupQueryAttention" or node.domain != CONTRIB_DOMAIN:
