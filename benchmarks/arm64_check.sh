@@ -346,76 +346,23 @@ cp -a "$BUNDLE" "$ROOT$WORK_IN_ROOT/bundle"
 cp "$WORK/texts.txt" "$ROOT$WORK_IN_ROOT/texts.txt"
 if [[ $TASK == causal-lm ]]; then
     # A decoder bundle: greedy generation (a left-padded batch and each prompt alone) and the prefill
-    # logits of each prompt, on both sides. The prompts are the first 4 texts.
-    cat >"$ROOT$WORK_IN_ROOT/generate.py" <<'EOF'
-"""Greedy token ids (batch and one by one) and each prompt's last prefill logits, as JSON."""
-import json, logging, sys
-import numpy as np
-from edgekit_runtime import load
-from edgekit_runtime.decoder import kv_names, left_pad
-logging.getLogger("edgekit_runtime").setLevel(logging.ERROR)
-bundle, prompts, threads = sys.argv[1], open(sys.argv[2], encoding="utf-8").read().splitlines()[:4], int(sys.argv[3])
-with load(bundle, threads=threads) as model:
-    batch = model.generate(prompts, max_new_tokens=24, chat=False)
-    alone = model.generate(prompts, max_new_tokens=24, chat=False, batch_size=1)
-    spec, gen = model.spec, model.generator
-    logits = []
-    for p in prompts:
-        feeds = left_pad([model.encoder.encode(p, add_special_tokens=True)], spec.pad_token_id, gen.token_dtype)
-        for past, _ in kv_names(spec.num_layers):
-            feeds[past] = np.zeros((1, spec.num_kv_heads, 0, spec.head_dim), dtype=gen.kv_dtype)
-        logits.append(model.backend.run(feeds)["logits"][0, -1].tolist())
-    print(json.dumps({"backend": model.backend_name, "kv_cache": gen.kv_cache, "graph_ops": spec.graph_ops,
-                      "batch": [r.token_ids for r in batch], "alone": [r.token_ids for r in alone],
-                      "logits": logits}))
-EOF
+    # logits of the first 4 texts, on both sides (benchmarks/arm64_generate.py).
+    cp "$REPO/benchmarks/arm64_generate.py" "$ROOT$WORK_IN_ROOT/arm64_generate.py"
     B="$WORK_IN_ROOT/bundle" X="$WORK_IN_ROOT/texts.txt"
     step "arm64 (emulated): edgekit-run verify, greedy generation, prefill logits"
     in_root "$VENV_IN_ROOT/bin/edgekit-run" verify "$B" | sed 's/^/     /'
     t=$SECONDS
-    in_root "$VENV_IN_ROOT/bin/python" "$WORK_IN_ROOT/generate.py" "$B" "$X" "$THREADS" >"$WORK/arm64-gen.out" ||
-        die "generation failed in the arm64 root"
+    in_root "$VENV_IN_ROOT/bin/python" "$WORK_IN_ROOT/arm64_generate.py" run "$B" "$X" "$THREADS" \
+        >"$WORK/arm64-gen.out" || die "generation failed in the arm64 root"
     info "arm64 generation: ok ($((SECONDS - t)) s)"
     step "x86 (host): the same"
     "$HOST_VENV/bin/edgekit-run" verify "$BUNDLE" | sed 's/^/     /'
-    "$HOST_VENV/bin/python" "$ROOT$WORK_IN_ROOT/generate.py" "$BUNDLE" "$WORK/texts.txt" "$THREADS" \
+    "$HOST_VENV/bin/python" "$REPO/benchmarks/arm64_generate.py" run "$BUNDLE" "$WORK/texts.txt" "$THREADS" \
         >"$WORK/x86-gen.out" || die "generation failed on the host"
     step "compare arm64 against x86"
     set +e
-    "$HOST_VENV/bin/python" - "$BUNDLE/manifest.json" "$WORK" <<'EOF'
-import json, sys
-from pathlib import Path
-manifest = json.load(open(sys.argv[1], encoding="utf-8"))
-work = Path(sys.argv[2])
-arm, x86 = (json.loads((work / f"{n}-gen.out").read_text()) for n in ("arm64", "x86"))
-prof = manifest["profile"]
-tol = ((prof.get("data") or prof).get("tolerances") or {})[manifest["model"]["precision"]]
-problems = []
-for key in ("batch", "alone"):
-    for i, (a, r) in enumerate(zip(arm[key], x86[key])):
-        if a != r:
-            at = next((k for k, (p, q) in enumerate(zip(a, r)) if p != q), min(len(a), len(r)))
-            problems.append(f"prompt {i + 1} ({key}): tokens differ from position {at}")
-worst = 0.0
-for i, (a, r) in enumerate(zip(arm["logits"], x86["logits"])):
-    for p, q in zip(a, r):
-        d = abs(p - q)
-        worst = max(worst, d)
-        if d > tol["atol"] + tol["rtol"] * abs(q):
-            problems.append(f"prompt {i + 1}: a logit differs by {d:.3g}")
-            break
-same = lambda key: sum(a == r for a, r in zip(arm[key], x86[key]))
-print(f"   arm64: backend {arm['backend']}, kv cache {arm['kv_cache']}, graph ops {arm['graph_ops']}; "
-      f"x86: backend {x86['backend']}, kv cache {x86['kv_cache']}")
-print(f"   greedy tokens identical: batch {same('batch')}/{len(x86['batch'])}, one by one "
-      f"{same('alone')}/{len(x86['alone'])} ({len(x86['batch'][0])} new tokens each); max |prefill logit diff| "
-      f"{worst:.3g} (allowed atol {tol['atol']:g} + rtol {tol['rtol']:g} * |x86|)")
-if problems:
-    print("\nFAIL: " + "; ".join(problems[:10]))
-    sys.exit(1)
-print("\nPASS: on aarch64 (emulated) the runtime generated the same greedy tokens as x86 for every prompt, "
-      "batched and alone, with prefill logits within tolerance.")
-EOF
+    "$HOST_VENV/bin/python" "$REPO/benchmarks/arm64_generate.py" compare "$BUNDLE/manifest.json" \
+        "$WORK/arm64-gen.out" "$WORK/x86-gen.out"
     rc=$?
     set -e
     info "total $((SECONDS - T0)) s"
