@@ -24,8 +24,8 @@ import onnx
 import torch
 
 import edgekit_runtime
-from edgekit.bench import environment
-from edgekit.bundle import build_manifest, stage_files
+from edgekit.evaluate.latency import environment
+from edgekit.bundle.manifest import build_manifest, stage_files
 from edgekit.export.onnx_export import export_onnx
 from edgekit.export.rewrite import simplify
 from edgekit.pipeline import GRAPH_PASSES, TEACHER_PASSES, run_passes, start_state

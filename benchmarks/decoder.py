@@ -73,9 +73,9 @@ def environment(threads: int) -> dict:
 def build_teacher(work: Path, steps: int, seed: int) -> Path:
     from transformers import AutoModelForCausalLM
 
-    from edgekit.decoder.data import load_texts, split_texts
-    from edgekit.decoder.finetune import LMTrainConfig, pack_texts, train_lm
-    from edgekit.decoder.toy import tiny_config, train_tokenizer
+    from edgekit.data.text import load_texts, split_texts
+    from edgekit.train.lm_finetune import LMTrainConfig, pack_texts, train_lm
+    from edgekit.models.toy import tiny_config, train_tokenizer
 
     out = work / "teacher"
     meta = {"steps": steps, "seed": seed, "version": 1}
@@ -107,10 +107,10 @@ def build_teacher(work: Path, steps: int, seed: int) -> Path:
 # ---------------------------------------------------------------- 2. compile
 
 def compile_student(work: Path, teacher: Path, args) -> dict:
-    from edgekit.decoder.bundle import write_decoder_bundle
+    from edgekit.bundle.decoder import write_decoder_bundle
     from edgekit.decoder.compile import _int8_graph, build_lm_recipe, compile_lm, graph_perplexity
-    from edgekit.decoder.export import export_decoder
-    from edgekit.decoder.prune import save_pruned_decoder
+    from edgekit.export.decoder import export_decoder
+    from edgekit.prune.decoder import save_pruned_decoder
     from edgekit.export.opcheck import check_ops
     from edgekit.profiles import resolve_profile
 
@@ -282,9 +282,9 @@ def reference_scale_model(work: Path) -> Path:
     from tokenizers import Tokenizer, models, pre_tokenizers
     from transformers import AutoModelForCausalLM, PreTrainedTokenizerFast
 
-    from edgekit.decoder.bundle import write_decoder_bundle
-    from edgekit.decoder.export import export_decoder
-    from edgekit.decoder.toy import tiny_config
+    from edgekit.bundle.decoder import write_decoder_bundle
+    from edgekit.export.decoder import export_decoder
+    from edgekit.models.toy import tiny_config
 
     out = work / "reference-scale"
     if all((out / name / "manifest.json").is_file() for name in ("bundle", "bundle-standard")):

@@ -25,17 +25,17 @@ import onnx
 import torch
 
 import edgekit_runtime
-from edgekit.bench import environment, interleaved
-from edgekit.bundle import build_manifest, stage_files
+from edgekit.evaluate.latency import environment, interleaved
+from edgekit.bundle.manifest import build_manifest, stage_files
 from edgekit.export.onnx_export import export_onnx
 from edgekit.export.rewrite import simplify
 from edgekit.pipeline import TEACHER_PASSES, run_passes, start_state
 from edgekit.profiles import resolve_profile
 from edgekit.quant.onnx_int8 import quantize_embeddings
 from edgekit.quant.ptq import PTQConfig, quantize_dynamic_onnx, quantize_static_onnx
-from edgekit.quantize import _calibration_feeds
+from edgekit.quant.passes import _calibration_feeds
 from edgekit.recipe import load_recipe
-from edgekit.validate import onnx_predict, ort_session
+from edgekit.validate.graph import onnx_predict, ort_session
 
 sys.path.insert(0, str(Path(__file__).parent))
 from compression import ort_latency  # noqa: E402

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 
 import edgekit_runtime
-from edgekit.bench import environment, interleaved
+from edgekit.evaluate.latency import environment, interleaved
 from edgekit.pipeline import compile_bundle
 from edgekit.profiles import resolve_profile
 from edgekit.recipe import load_recipe

@@ -21,7 +21,9 @@ import torch
 
 from edgekit_runtime.profile import DeviceProfile
 
-from . import __version__, quantize, student
+from . import __version__
+from .distill import student_passes as student
+from .quant import passes as quantize
 from .data import Splits, TextDataset, cap, demo_corpus_path, demo_teacher_path, load_labelled, split_dataset
 from .recipe import Recipe
 from .tasks import TaskAdapter, get_task
@@ -163,7 +165,7 @@ def _op_counts(model: onnx.ModelProto) -> dict[str, int]:
 def pass_rewrite(state: CompileState) -> PassResult:
     from .export.onnx_export import check_model_file
     from .export.rewrite import apply_rules, get_rule, simplify
-    from .validate import onnx_predict, ort_session
+    from .validate.graph import onnx_predict, ort_session
 
     cfg = state.recipe.rewrite
     names = tuple(cfg.rules) if cfg.rules is not None else state.profile.rewrite_rules
@@ -230,7 +232,7 @@ def pass_check_ops(state: CompileState) -> PassResult:
 
 
 def pass_validate(state: CompileState) -> PassResult:
-    from .validate import REFERENCE_PATCHES, reference_model, validate_graph
+    from .validate.graph import REFERENCE_PATCHES, reference_model, validate_graph
 
     precision = state.precision
     tolerance = state.profile.tolerance(precision)
@@ -254,8 +256,8 @@ def pass_evaluate_bundle(state: CompileState) -> PassResult:
     """Stage the bundle, load it with the device runtime, and measure it as a device would."""
     import edgekit_runtime
 
-    from .bundle import stage_files, build_manifest
-    from .bench import latency_pair
+    from .bundle.manifest import stage_files, build_manifest
+    from .evaluate.latency import latency_pair
 
     stage = edgekit_runtime.write_bundle(state.workdir / "stage", stage_files(state), build_manifest(state),
                                          overwrite=True)
@@ -356,7 +358,7 @@ def start_state(recipe: Recipe, profile: DeviceProfile, resume: bool = False) ->
 
     from edgekit_runtime.errors import BundleError
 
-    from .bundle import default_out
+    from .bundle.manifest import default_out
 
     out = Path(recipe.bundle.out) if recipe.bundle.out else default_out(recipe, profile)
     if out.exists() and not recipe.bundle.force:
@@ -397,7 +399,7 @@ def compile_bundle(recipe: Recipe, profile: DeviceProfile, *, echo: Callable[[st
     import edgekit_runtime
     from edgekit_runtime.signing import load_private_key
 
-    from .bundle import build_manifest, stage_files
+    from .bundle.manifest import build_manifest, stage_files
 
     signing_key = load_private_key(sign_key) if sign_key is not None else None  # preflight: before any training
     state = start_state(recipe, profile, resume)

@@ -15,9 +15,9 @@ from click.testing import CliRunner
 from onnx import numpy_helper
 
 from edgekit.cli import main
-from edgekit.decoder.arch import DecoderError
-from edgekit.decoder.ort_ops import CONTRIB_OPS
-from edgekit.decoder.toy import tiny_config, train_tokenizer
+from edgekit.models.decoder import DecoderError
+from edgekit.export.ort_ops import CONTRIB_OPS
+from edgekit.models.toy import tiny_config, train_tokenizer
 
 WORDS = ["the", "cat", "dog", "runs", "sleeps", "fast", "today", "battery", "phone", "is", "good", "bad", "very"]
 
@@ -96,7 +96,7 @@ def test_compile_lm_int8_student_bundle(workspace):
 def test_int8_gate_fails_on_a_broken_scale(workspace, tmp_path):
     """The gate reads the graph's own perplexity: a QDQ scale blown up 100x fails it with the figures."""
     from edgekit.decoder.compile import LMState, build_lm_recipe, pass_evaluate_graph
-    from edgekit.decoder.data import load_texts, split_texts
+    from edgekit.data.text import load_texts, split_texts
     from edgekit.profiles import resolve_profile
     from transformers import AutoTokenizer
 
@@ -144,7 +144,7 @@ def test_bad_flags_fail_before_training(workspace, tmp_path):
 def test_distill_from_an_on_disk_teacher_cache(workspace, tmp_path):
     """distill.teacher_cache_top_k: the teacher's top-k goes to disk (the size estimate_bytes predicts),
     the teacher is freed, and the student trains from the cache to a working fp32 bundle."""
-    from edgekit.decoder.topk_cache import estimate_bytes
+    from edgekit.distill.topk_cache import estimate_bytes
 
     recipe = tmp_path / "cache.toml"
     recipe.write_text((workspace / "recipe.toml").read_text().replace(
@@ -167,8 +167,8 @@ def test_jetson_bundle_plans_tensorrt_shapes_for_the_kv_inputs(workspace, tmp_pa
     (min 0: the prefill step), and the runtime's plan check accepts that."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from edgekit.decoder.bundle import write_decoder_bundle
-    from edgekit.decoder.export import export_decoder
+    from edgekit.bundle.decoder import write_decoder_bundle
+    from edgekit.export.decoder import export_decoder
     from edgekit_runtime.trt_plan import check_engine_plan
 
     model = AutoModelForCausalLM.from_pretrained(str(workspace / "teacher"), attn_implementation="eager")

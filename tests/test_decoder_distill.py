@@ -13,12 +13,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from edgekit.config import RecipeError
-from edgekit.decoder import topk_cache
-from edgekit.decoder.arch import DecoderError
-from edgekit.decoder.distill import CausalDistillConfig, kd_loss, model_inputs, next_token_targets, topk_kd_loss
-from edgekit.decoder.topk_cache import TopKCache, estimate_bytes, index_dtype
-from edgekit.decoder.toy import tiny_config, train_tokenizer
-from edgekit.decoder.train import (distill_causal, encode, perplexity, qat_causal, sequence_kd_texts,
+from edgekit.distill import topk_cache
+from edgekit.models.decoder import DecoderError
+from edgekit.distill.causal import CausalDistillConfig, kd_loss, model_inputs, next_token_targets, topk_kd_loss
+from edgekit.distill.topk_cache import TopKCache, estimate_bytes, index_dtype
+from edgekit.models.toy import tiny_config, train_tokenizer
+from edgekit.train.causal import (distill_causal, encode, perplexity, qat_causal, sequence_kd_texts,
                                    teacher_generations, text_batches)
 from edgekit.distill.schedules import Schedule
 from edgekit.quant.fake import QATConfig, QuantLinear

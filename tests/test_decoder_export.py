@@ -14,11 +14,11 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from edgekit.decoder.arch import DecoderError
-from edgekit.decoder.export import (DECODER_OPS, MASK_FILL, ExportableDecoder, decoder_io, empty_past,
+from edgekit.models.decoder import DecoderError
+from edgekit.export.decoder import (DECODER_OPS, MASK_FILL, ExportableDecoder, decoder_io, empty_past,
                                     export_decoder, position_ids_from_mask)
-from edgekit.decoder.validate import DecoderValidationError, validate_decoder
-from edgekit.decoder.toy import CHAT_TEMPLATE, tiny_config, train_tokenizer
+from edgekit.validate.decoder import DecoderValidationError, validate_decoder
+from edgekit.models.toy import CHAT_TEMPLATE, tiny_config, train_tokenizer
 from edgekit.export.graph import constant_node_value
 from edgekit.tasks import get_task
 from edgekit.tasks.causal_lm import CausalLM, causal_lm_task_section
@@ -383,9 +383,9 @@ def test_contrib_graph_chunked_prefill_and_positions(qwen, tmp_path):
 
 
 def test_contrib_graph_only_for_profiles_that_allow_it(qwen, tokenizer, tmp_path):
-    from edgekit.decoder.bundle import write_decoder_bundle
+    from edgekit.bundle.decoder import write_decoder_bundle
     from edgekit.export.opcheck import OpSupportError, check_ops
-    from edgekit.decoder.ort_ops import contrib_ops_for
+    from edgekit.export.ort_ops import contrib_ops_for
     from edgekit.profiles import resolve_profile
 
     path = export_decoder(qwen, tmp_path / "g" / "model.onnx", ops="ort-contrib")

@@ -8,10 +8,10 @@ import json
 import pytest
 import torch
 
-from edgekit.decoder.arch import DecoderError
-from edgekit.decoder.prune import (DecoderPruneConfig, apply, compute_scores, group_importance, layer_importance,
+from edgekit.models.decoder import DecoderError
+from edgekit.prune.decoder import (DecoderPruneConfig, apply, compute_scores, group_importance, layer_importance,
                                    plan, prune_decoder, save_pruned_decoder)
-from edgekit.decoder.toy import tiny_config
+from edgekit.models.toy import tiny_config
 
 VOCAB, PAD, DH = 96, 1, 16
 TYPES = ("qwen2", "llama")
@@ -146,7 +146,7 @@ def test_angular_importance_drops_an_identity_block_first(model_type, batches):
 def test_reload_and_cached_generation(model_type, batches, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from edgekit.decoder.toy import train_tokenizer
+    from edgekit.models.toy import train_tokenizer
 
     tokenizer = train_tokenizer(["the quick brown fox jumps over the lazy dog"] * 20, vocab_size=VOCAB)
     model = tiny_decoder(model_type, vocab_size=len(tokenizer))

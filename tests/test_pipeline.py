@@ -244,7 +244,7 @@ def test_gate_failure_fails_the_compile_and_writes_no_bundle(tmp_path, bert_dir)
 
     with pytest.raises(gate.QuantizationGateError, match="agreement"):
         # A scale made 50x too large breaks the int8 graph; the metric gate must catch it.
-        def broken_int8(state, _orig=__import__("edgekit.quantize", fromlist=["x"]).pass_int8):
+        def broken_int8(state, _orig=__import__("edgekit.quant.passes", fromlist=["x"]).pass_int8):
             result = _orig(state)
             graph = onnx.load(str(state.onnx_path))
             int8 = {t.name for t in graph.graph.initializer if t.data_type == onnx.TensorProto.INT8}
@@ -302,7 +302,7 @@ def _two_input_graph(path):
 def test_engine_plan_trtexec_line_matches_the_plan(tmp_path, profile_name, precision, want):
     from types import SimpleNamespace
 
-    from edgekit.bundle import engine_plan
+    from edgekit.bundle.manifest import engine_plan
 
     profile = resolve_profile(profile_name)
     state = SimpleNamespace(profile=profile, precision=precision, recipe=SimpleNamespace(max_length=64),

@@ -341,7 +341,7 @@ def test_qat_embedding_rounding_matches_the_int8_graph_exactly():
     import torch
 
     from edgekit.quant.onnx_int8 import quantize_rows
-    from edgekit.quantize import quantize_embedding_weights
+    from edgekit.quant.passes import quantize_embedding_weights
 
     torch.manual_seed(0)
     model = torch.nn.Sequential(torch.nn.Embedding(1200, 8), torch.nn.Embedding(10, 8))

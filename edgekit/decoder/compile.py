@@ -28,10 +28,10 @@ import numpy as np
 import torch
 
 from ..config import _require, build_config
-from .arch import DecoderError, decoder_shape
-from .distill import CausalDistillConfig
-from .finetune import LMTrainConfig
-from .prune import DecoderPruneConfig
+from ..models.decoder import DecoderError, decoder_shape
+from ..distill.causal import CausalDistillConfig
+from ..train.lm_finetune import LMTrainConfig
+from ..prune.decoder import DecoderPruneConfig
 
 
 @dataclass(frozen=True)
@@ -170,7 +170,7 @@ def _progress(state: LMState):
 
 
 def pass_load_data(state: LMState) -> dict[str, Any]:
-    from .data import load_texts, split_texts
+    from ..data.text import load_texts, split_texts
 
     cfg = state.recipe.data
     texts, encoding = load_texts(cfg.path, cfg.text_column, encoding=cfg.encoding)
@@ -212,7 +212,7 @@ def pass_load_teacher(state: LMState) -> dict[str, Any]:
 
 
 def pass_finetune(state: LMState) -> dict[str, Any]:
-    from .finetune import pack_texts, train_lm
+    from ..train.lm_finetune import pack_texts, train_lm
 
     cfg = state.recipe.finetune
     if cfg.steps == 0:
@@ -227,7 +227,7 @@ def pass_finetune(state: LMState) -> dict[str, Any]:
 
 
 def _ppl(state: LMState, model) -> float:
-    from .train import perplexity
+    from ..train.causal import perplexity
 
     return perplexity(model, state.tokenizer, state.splits.test, max_length=state.recipe.max_length, batch_size=16)
 
@@ -239,8 +239,8 @@ def pass_evaluate_teacher(state: LMState) -> dict[str, Any]:
 
 
 def pass_prune(state: LMState) -> dict[str, Any]:
-    from .prune import prune_decoder
-    from .train import text_batches
+    from ..prune.decoder import prune_decoder
+    from ..train.causal import text_batches
 
     cfg = state.recipe.prune
     student = copy.deepcopy(state.teacher)
@@ -254,14 +254,14 @@ def pass_prune(state: LMState) -> dict[str, Any]:
 
 
 def pass_distill(state: LMState) -> dict[str, Any]:
-    from .train import distill_causal
+    from ..train.causal import distill_causal
 
     cfg = state.recipe.distill
     texts = list(state.splits.train[:cfg.max_texts] if cfg.max_texts else state.splits.train)
     teacher, extra = state.teacher, {}
     if cfg.teacher_cache_top_k:
-        from .topk_cache import TopKCache, estimate_bytes
-        from .train import text_batches
+        from ..distill.topk_cache import TopKCache, estimate_bytes
+        from ..train.causal import text_batches
 
         vocab = state.teacher.config.vocab_size
         cache = TopKCache(state.workdir / "teacher-topk", len(texts), state.recipe.max_length,
@@ -290,7 +290,7 @@ def pass_evaluate_student(state: LMState) -> dict[str, Any]:
 
 
 def pass_qat(state: LMState) -> dict[str, Any]:
-    from .train import DECODER_QAT, qat_causal
+    from ..train.causal import DECODER_QAT, qat_causal
 
     cfg = state.recipe.quantize
     state.reference = copy.deepcopy(state.model)
@@ -303,7 +303,7 @@ def pass_qat(state: LMState) -> dict[str, Any]:
 
 
 def pass_export(state: LMState) -> dict[str, Any]:
-    from .export import export_decoder
+    from ..export.decoder import export_decoder
 
     ops = state.profile.decoder_ops
     limit = getattr(state.model.config, "max_position_embeddings", None) or state.max_context
@@ -330,7 +330,7 @@ def _int8_graph(src: Path, dst: Path, ops: str = "standard") -> tuple[Path, dict
     import onnx
 
     from ..quant.onnx_int8 import fold_weight_quantize, quantize_embeddings, unshare_activation_qdq
-    from .export import EXTERNAL_DATA_BYTES, check_decoder_file
+    from ..export.decoder import EXTERNAL_DATA_BYTES, check_decoder_file
 
     model, report = fold_weight_quantize(onnx.load(str(src)))
     model, unshared = unshare_activation_qdq(model)
@@ -347,7 +347,7 @@ def pass_check_ops(state: LMState) -> dict[str, Any]:
 
     from ..export.opcheck import check_ops, op_histogram
 
-    from .ort_ops import contrib_ops_for
+    from ..export.ort_ops import contrib_ops_for
 
     model = onnx.load(str(state.onnx_path), load_external_data=False)
     check_ops(model, state.profile, extra_ops=contrib_ops_for(state.profile.decoder_ops))
@@ -355,7 +355,7 @@ def pass_check_ops(state: LMState) -> dict[str, Any]:
 
 
 def pass_validate(state: LMState) -> dict[str, Any]:
-    from .validate import validate_decoder
+    from ..validate.decoder import validate_decoder
 
     cfg = state.recipe.validate
     atol = cfg.atol if cfg.atol is not None else (1.0 if state.precision == "int8" else 1e-3)
@@ -371,8 +371,8 @@ def graph_perplexity(onnx_path: Path, tokenizer, texts: Sequence[str], max_lengt
     import onnx
 
     from edgekit_runtime.backends import ort_session
-    from .export import position_ids_from_mask
-    from .train import next_token_targets, text_batches
+    from ..export.decoder import position_ids_from_mask
+    from ..train.causal import next_token_targets, text_batches
 
     graph = onnx.load(str(onnx_path), load_external_data=False)
     inputs = {i.name: i for i in graph.graph.input}
@@ -436,7 +436,7 @@ PASSES: dict[str, Callable[[LMState], dict[str, Any]]] = {
 
 def compile_lm(recipe: LMRecipe, profile, *, echo: Callable[[str], None] = print) -> LMState:
     """Run every pass, then write the bundle atomically (a failure leaves no bundle)."""
-    from .bundle import write_decoder_bundle
+    from ..bundle.decoder import write_decoder_bundle
 
     if recipe.quantize.method == "qat" and "int8" not in profile.precisions:
         raise DecoderError(f"quantize.method = \"qat\" but profile '{profile.name}' allows {list(profile.precisions)}. "

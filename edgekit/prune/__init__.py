@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from .apply import (apply_plan, check_weight_loading, load_pruned, needs_custom_code, save_pruned,
                     weight_loading_report)
-from .arch import ARCHS, ArchSpec, PruneError, arch_for
+from ..models.encoder import ARCHS, ArchSpec, PruneError, arch_for
 from .importance import (PruneScores, compute_scores, ffn_importance_magnitude, ffn_importance_taylor, gates,
                          head_importance_gradient, head_importance_variance, layer_importance)
 from .plan import PruneConfig, PrunePlan, format_plan, make_plan, uniform_layers

@@ -19,7 +19,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from .arch import (ArchSpec, PruneError, arch_for, encoder_layers, get_module, head_dim, set_head_count,
+from ..models.encoder import (ArchSpec, PruneError, arch_for, encoder_layers, get_module, head_dim, set_head_count,
                    set_module)
 from .plan import PrunePlan
 

@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from .arch import PruneError, arch_for, encoder_layers, get_module, head_dim, layer_shapes
+from ..models.encoder import PruneError, arch_for, encoder_layers, get_module, head_dim, layer_shapes
 
 if TYPE_CHECKING:
     from .plan import PruneConfig

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from .arch import PruneError, arch_for, encoder_layers, get_module, head_dim, layer_shapes
+from ..models.encoder import PruneError, arch_for, encoder_layers, get_module, head_dim, layer_shapes
 from .importance import PruneScores
 
 LAYER_STRATEGIES = ("uniform", "importance")

@@ -18,8 +18,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..decoder.arch import DecoderError, check_supported, decoder_shape
-from ..decoder.export import decoder_io, position_ids_from_mask
+from ..models.decoder import DecoderError, check_supported, decoder_shape
+from ..export.decoder import decoder_io, position_ids_from_mask
 from .base import ExportIO
 
 IGNORE = -100  # label of padding: no loss, no perplexity

@@ -234,13 +234,13 @@ def check_decoder_io(inputs: Sequence[TensorSpec], outputs: Sequence[TensorSpec]
         raise BundleError(f"the graph's inputs {sorted(got_in)[:8]}... / outputs {sorted(got_out)[:8]}... are not the "
                           f"KV-cache contract for {spec.num_layers} layers (docs/decoder.md; missing inputs "
                           f"{sorted(want_in - got_in)[:4]}, unexpected {sorted(got_in - want_in)[:4]}, missing outputs "
-                          f"{sorted(want_out - got_out)[:4]}). Fix: re-export with edgekit.decoder.export.")
+                          f"{sorted(want_out - got_out)[:4]}). Fix: re-export with edgekit.export.decoder.")
     dtypes = {s.name: s.dtype for s in inputs}
     token = {dtypes[n] for n in TOKEN_INPUTS}
     if len(token) != 1 or not token <= {"int64", "int32"}:
         raise BundleError(f"the graph's token inputs have dtypes { {n: dtypes[n] for n in TOKEN_INPUTS} }; the "
                           f"contract wants one of int64 / int32 for all three. Fix: re-export with "
-                          f"edgekit.decoder.export.")
+                          f"edgekit.export.decoder.")
 
 
 def left_pad(rows: Sequence[Sequence[int]], pad_id: int, dtype: np.dtype) -> dict[str, np.ndarray]:

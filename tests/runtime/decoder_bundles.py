@@ -39,9 +39,9 @@ class Qwen:
         pytest.importorskip("transformers")
         from transformers import AutoModelForCausalLM
 
-        from edgekit.decoder.bundle import write_decoder_bundle
-        from edgekit.decoder.export import export_decoder
-        from edgekit.decoder.toy import tiny_config, train_tokenizer
+        from edgekit.bundle.decoder import write_decoder_bundle
+        from edgekit.export.decoder import export_decoder
+        from edgekit.models.toy import tiny_config, train_tokenizer
 
         self.torch = torch
         self.tok = train_tokenizer(TEXTS * 4, vocab_size=400)

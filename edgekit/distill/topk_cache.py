@@ -45,8 +45,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from .arch import DecoderError, check_supported
-from .distill import model_inputs
+from ..models.decoder import DecoderError, check_supported
+from .causal import model_inputs
 
 FILES = ("values.f16", "indices.bin", "ids.bin", "lengths.i32")
 UINT16_VOCAB = 1 << 16  # ids 0..65535

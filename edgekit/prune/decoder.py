@@ -29,8 +29,8 @@ from torch import Tensor, nn
 from edgekit.prune.apply import _slice_linear
 from edgekit.prune.plan import uniform_layers
 
-from .arch import DecoderError, DecoderShape, decoder_layers, decoder_shape
-from .importance import (  # noqa: F401
+from ..models.decoder import DecoderError, DecoderShape, decoder_layers, decoder_shape
+from .decoder_importance import (  # noqa: F401
     Batches,
     DecoderScores,
     unit_rows,

@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from .arch import DecoderError, decoder_shape
+from ..models.decoder import DecoderError, decoder_shape
 
 STATIC_ROPE = ("default", "linear", "llama3", "yarn")  # inv_freq does not depend on the sequence length
 

@@ -12,7 +12,7 @@ import numpy as np
 import torch
 
 if TYPE_CHECKING:
-    from .pipeline import CompileState
+    from ..pipeline import CompileState
 
 
 def percentiles(samples_ms: Sequence[float]) -> dict[str, float]:

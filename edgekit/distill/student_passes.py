@@ -12,10 +12,10 @@ from typing import TYPE_CHECKING
 import numpy as np
 import torch
 
-from .data import cap
+from ..data import cap
 
 if TYPE_CHECKING:
-    from .pipeline import CompileState, PassResult
+    from ..pipeline import CompileState, PassResult
 
 
 def _student(state: "CompileState") -> torch.nn.Module:
@@ -39,7 +39,7 @@ def importance_batches(state: "CompileState") -> list[dict[str, torch.Tensor]]:
 
 def plan_text(state: "CompileState") -> str:
     """The dry run for `edgekit compile --plan`: what would be cut, per layer, before anything runs."""
-    from .prune import PruneScores, compute_scores, format_plan, make_plan
+    from ..prune import PruneScores, compute_scores, format_plan, make_plan
 
     cfg = state.recipe.prune
     needs_data = cfg.layer_strategy == "importance" or (cfg.heads_to_keep is not None and cfg.head_score == "gradient") \
@@ -58,7 +58,7 @@ def check_plan_fits(state: "CompileState") -> None:
     """
     import dataclasses
 
-    from .prune import compute_scores, make_plan
+    from ..prune import compute_scores, make_plan
 
     cfg = dataclasses.replace(state.recipe.prune, layer_strategy="uniform", head_score="variance",
                               ffn_score="magnitude")
@@ -66,8 +66,8 @@ def check_plan_fits(state: "CompileState") -> None:
 
 
 def pass_prune(state: "CompileState") -> "PassResult":
-    from .pipeline import PassResult
-    from .prune import check_weight_loading, format_plan, load_pruned, prune, save_pruned
+    from ..pipeline import PassResult
+    from ..prune import check_weight_loading, format_plan, load_pruned, prune, save_pruned
 
     cfg = state.recipe.prune
     cfg.require_something()
@@ -101,9 +101,9 @@ def pass_prune(state: "CompileState") -> "PassResult":
 
 
 def pass_distill(state: "CompileState") -> "PassResult":
-    from .pipeline import PassResult
-    from .train.finetune import evaluate
-    from .train.loop import distill_train
+    from ..pipeline import PassResult
+    from ..train.finetune import evaluate
+    from ..train.loop import distill_train
 
     student = _student(state)
     val = state.splits.validation
@@ -122,8 +122,8 @@ def pass_distill(state: "CompileState") -> "PassResult":
 
 
 def pass_evaluate_student(state: "CompileState") -> "PassResult":
-    from .pipeline import PassResult
-    from .train.finetune import predict
+    from ..pipeline import PassResult
+    from ..train.finetune import predict
 
     test = state.splits.test
     logits = predict(state.model, state.adapter, state.tokenizer, test, state.recipe.max_length)

@@ -14,11 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..prune.importance import eval_mode, input_gates
-from .arch import DecoderError, decoder_layers, decoder_shape
+from .importance import eval_mode, input_gates
+from ..models.decoder import DecoderError, decoder_layers, decoder_shape
 
 if TYPE_CHECKING:
-    from .prune import DecoderPruneConfig
+    from .decoder import DecoderPruneConfig
 
 Batches = Sequence[dict[str, Tensor]]
 

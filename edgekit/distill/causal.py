@@ -40,7 +40,7 @@ import torch
 import torch.nn.functional as F
 
 from ..config import _require
-from ..distill.schedules import Schedule
+from .schedules import Schedule
 
 KINDS = ("forward", "reverse", "js")
 LR_DECAYS = ("linear", "cosine")

@@ -9,11 +9,11 @@ from typing import TYPE_CHECKING, Any
 
 import onnx
 
-from . import __version__
+from .. import __version__
 
 if TYPE_CHECKING:
-    from .pipeline import CompileState
-    from .recipe import Recipe
+    from ..pipeline import CompileState
+    from ..recipe import Recipe
     from edgekit_runtime.profile import DeviceProfile
 
 MODEL_FILE = "model.onnx"

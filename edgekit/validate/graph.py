@@ -20,9 +20,9 @@ import torch
 from edgekit_runtime.errors import EdgekitError
 from edgekit_runtime.profile import Tolerance
 
-from .data import TextDataset
-from .recipe import ValidateConfig
-from .tasks import TaskAdapter
+from ..data import TextDataset
+from ..recipe import ValidateConfig
+from ..tasks import TaskAdapter
 
 _ORT_DTYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(float)": np.float32}
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..data.loading import DataError, _decode, _missing_column, _read_delimited, _read_jsonl, _resolve_format, clean_text
+from .loading import DataError, _decode, _missing_column, _read_delimited, _read_jsonl, _resolve_format, clean_text
 
 
 @dataclass(frozen=True)
@@ -28,7 +28,7 @@ def load_texts(path: str | Path | None = None, text_column: str = "text", *, enc
                min_chars: int = 8) -> tuple[list[str], str]:
     """The cleaned, deduplicated texts of ``path`` (None: the packaged demo corpus) and the encoding read."""
     if path is None:
-        from ..data.demo import demo_corpus_path
+        from .demo import demo_corpus_path
 
         path = demo_corpus_path()
     path = Path(path)

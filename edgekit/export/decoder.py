@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from .arch import DecoderError, decoder_shape
+from ..models.decoder import DecoderError, decoder_shape
 from .exportable import check_exportable, rope_inverse_frequencies
 from .ort_ops import (GroupedAttention, PackedAttention, Rotary, SkipRMSNorm, contrib_ops_for, fix_gqa_inputs,
                       rope_tables)
@@ -372,7 +372,7 @@ def check_decoder_file(path: str | Path, opset: int = OPSET, ops: str = "standar
     allows: the standard domain only, or (``"ort-contrib"``) that plus com.microsoft."""
     import onnx
 
-    from ..export.onnx_export import ExportError
+    from .onnx_export import ExportError
 
     try:
         onnx.checker.check_model(str(path), full_check=True)

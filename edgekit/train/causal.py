@@ -22,10 +22,10 @@ from torch import nn
 from ..distill.schedules import Schedule
 from ..quant.fake import (QATConfig, QuantError, calibrate, enable_fake_quant, layer_sensitivity, prepare_qat,
                           quantized_linears, restore_fp32)
-from ..train.loop import _param_groups, epoch_order
-from .arch import BLOCK_LINEARS, DecoderError, check_supported
-from .distill import CausalDistillConfig, causal_distill_loss, model_inputs, next_token_targets
-from .topk_cache import TopKCache
+from .loop import _param_groups, epoch_order
+from ..models.decoder import BLOCK_LINEARS, DecoderError, check_supported
+from ..distill.causal import CausalDistillConfig, causal_distill_loss, model_inputs, next_token_targets
+from ..distill.topk_cache import TopKCache
 
 # Every Linear of the decoder blocks; embeddings, the final norm and lm_head stay fp32.
 DECODER_QAT = QATConfig(include=BLOCK_LINEARS, exclude=())

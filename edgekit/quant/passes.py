@@ -18,12 +18,12 @@ import torch
 
 from edgekit_runtime.errors import EdgekitError
 
-from .data import cap
+from ..data import cap
 
 EMBEDDING_MIN_ROWS = 1000  # tables this large get int8 rows (the vocabulary; not positions or types)
 
 if TYPE_CHECKING:
-    from .pipeline import CompileState, PassResult
+    from ..pipeline import CompileState, PassResult
 
 
 def check_quantize(recipe, profile) -> None:
@@ -75,11 +75,11 @@ def _selection_split(train, n: int, seed: int = 3):
 
 
 def pass_qat(state: "CompileState") -> "PassResult":
-    from .pipeline import PassResult
-    from .quant.fake import (calibrate, enable_fake_quant, layer_sensitivity, prepare_qat, quantized_linears,
+    from ..pipeline import PassResult
+    from .fake import (calibrate, enable_fake_quant, layer_sensitivity, prepare_qat, quantized_linears,
                              restore_fp32)
-    from .train.finetune import evaluate, predict
-    from .train.loop import distill_train
+    from ..train.finetune import evaluate, predict
+    from ..train.loop import distill_train
 
     cfg = state.recipe.quantize
     state.fp32_model = state.model
@@ -148,10 +148,10 @@ def pass_qat(state: "CompileState") -> "PassResult":
 
 def pass_int8(state: "CompileState") -> "PassResult":
     """Make the int8 graph: fold QAT weight quantizers, or quantize the fp32 graph with ORT; int8 embeddings."""
-    from .export.onnx_export import check_model_file
-    from .pipeline import PassResult
-    from .quant.onnx_int8 import fold_weight_quantize, quantize_embeddings, unshare_activation_qdq
-    from .quant.ptq import PTQConfig, quantize_dynamic_onnx, quantize_static_onnx, standard_ops_only
+    from ..export.onnx_export import check_model_file
+    from ..pipeline import PassResult
+    from .onnx_int8 import fold_weight_quantize, quantize_embeddings, unshare_activation_qdq
+    from .ptq import PTQConfig, quantize_dynamic_onnx, quantize_static_onnx, standard_ops_only
 
     cfg = state.recipe.quantize
     if state.fp32_model is None:  # PTQ: the model as exported is the reference
@@ -188,7 +188,7 @@ def pass_int8(state: "CompileState") -> "PassResult":
 
 
 def _calibration_feeds(state: "CompileState", n: int):
-    from .validate import _ORT_DTYPES, ort_session
+    from ..validate.graph import _ORT_DTYPES, ort_session
 
     types = {i.name: _ORT_DTYPES[i.type] for i in ort_session(state.onnx_path).get_inputs()}
     sample = cap(state.splits.train, n, 2)
@@ -199,10 +199,10 @@ def _calibration_feeds(state: "CompileState", n: int):
 
 def pass_quant_gate(state: "CompileState") -> "PassResult":
     """The int8 graph against the fp32 model on the validation split: argmax agreement and metric drop."""
-    from .pipeline import PassResult
-    from .quant.gate import quantized_gate
-    from .train.finetune import predict
-    from .validate import onnx_predict, ort_session
+    from ..pipeline import PassResult
+    from .gate import quantized_gate
+    from ..train.finetune import predict
+    from ..validate.graph import onnx_predict, ort_session
 
     val = state.splits.validation
     reference = predict(state.fp32_model, state.adapter, state.tokenizer, val, state.recipe.max_length)

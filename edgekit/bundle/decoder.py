@@ -13,10 +13,10 @@ from typing import Any, Mapping
 
 import onnx
 
-from ..bundle import MODEL_FILE, TOKENIZER_FILE, _io_spec, _tokenizer_json, header_sections, plan_for_shapes
+from .manifest import MODEL_FILE, TOKENIZER_FILE, _io_spec, _tokenizer_json, header_sections, plan_for_shapes
 from ..tasks.causal_lm import causal_lm_task_section
-from .arch import DecoderError, decoder_shape
-from .ort_ops import CONTRIB_DOMAIN
+from ..models.decoder import DecoderError, decoder_shape
+from ..export.ort_ops import CONTRIB_DOMAIN
 
 EXTERNAL_DATA_FILE = MODEL_FILE + ".data"  # what export writes for models over 2 GB
 def decoder_engine_plan(profile, graph_inputs: list[str], shape, *, precision: str, max_context: int) -> dict[str, Any] | None:

@@ -11,8 +11,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from .arch import DecoderError
-from .export import NP_TOKEN_DTYPES, empty_past, position_ids_from_mask
+from ..models.decoder import DecoderError
+from ..export.decoder import NP_TOKEN_DTYPES, empty_past, position_ids_from_mask
 
 
 class DecoderValidationError(DecoderError):

@@ -1,0 +1,1 @@
+"""The bundle stage: the manifest sections the runtime defines, for every task."""
