@@ -28,7 +28,8 @@ from edgekit.evaluate.latency import environment
 from edgekit.bundle.manifest import build_manifest, stage_files
 from edgekit.export.onnx_export import export_onnx
 from edgekit.export.rewrite import simplify
-from edgekit.pipeline import GRAPH_PASSES, TEACHER_PASSES, run_passes, start_state
+from edgekit.compiler.run import run_passes, start_state
+from edgekit.tasks.sequence_classification import GRAPH_PASSES, TEACHER_PASSES
 from edgekit.profiles import resolve_profile
 from edgekit.recipe import load_recipe
 from edgekit.train.finetune import evaluate, predict
@@ -61,10 +62,10 @@ def main(argv=None) -> int:
                                     "quantize": {"method": "none"},  # int8 is measured by benchmarks/int8.py
                                     "prune": {"layers_to_keep": args.layers, "heads_to_keep": args.heads},
                                     "bundle": {"out": str(tmp / "student")}})
-        state = start_state(recipe, profile)
-        run_passes(state, TEACHER_PASSES + ["prune"], log)
+        state = start_state(recipe, profile, echo=log)
+        run_passes(state, TEACHER_PASSES + ["prune"])
         pruned = copy.deepcopy(state.model)
-        run_passes(state, ["distill", "evaluate-student"] + GRAPH_PASSES, log)
+        run_passes(state, ["distill", "evaluate-student"] + GRAPH_PASSES)
         bundle = edgekit_runtime.write_bundle(state.bundle_path, stage_files(state), build_manifest(state))
         # Ablation: the same pruned student, the same training schedule, hard labels only.
         log("[ablation] hard-label training of the same pruned student")

@@ -108,7 +108,10 @@ def build_teacher(work: Path, steps: int, seed: int) -> Path:
 
 def compile_student(work: Path, teacher: Path, args) -> dict:
     from edgekit.bundle.decoder import write_decoder_bundle
-    from edgekit.decoder.compile import _int8_graph, build_lm_recipe, compile_lm, graph_perplexity
+    from edgekit.compiler.run import compile_bundle
+    from edgekit.evaluate.passes import graph_perplexity
+    from edgekit.quant.passes import int8_decoder_graph
+    from edgekit.recipe import build_lm_recipe
     from edgekit.export.decoder import export_decoder
     from edgekit.prune.decoder import save_pruned_decoder
     from edgekit.export.opcheck import check_ops
@@ -118,7 +121,7 @@ def compile_student(work: Path, teacher: Path, args) -> dict:
 
     recipe = build_lm_recipe({
         "profile": "x86-64-cpu", "teacher": str(teacher), "max_length": 128, "max_context": 512,
-        "threads": args.threads, "out": str(work / "student-int8"), "force": True,
+        "threads": args.threads, "bundle": {"out": str(work / "student-int8"), "force": True},
         "data": {"max_eval": args.eval_texts},
         "prune": {"keep_layers": 4, "kv_groups_keep": 2, "heads_per_group_keep": 3, "intermediate_keep": 384},
         "distill": {"steps": args.distill_steps, "batch_size": 16, "learning_rate": 2e-3,
@@ -127,11 +130,11 @@ def compile_student(work: Path, teacher: Path, args) -> dict:
     })
     profile = resolve_profile("x86-64-cpu")
     start = time.perf_counter()
-    state = compile_lm(recipe, profile, echo=log)
+    state = compile_bundle(recipe, profile, echo=log)
     seconds = time.perf_counter() - start
     # The fp32 student (the QAT pass's reference) as a directory transformers and onnxruntime-genai
     # load, and as an fp32 bundle: the "same model" of the speed and equality runs.
-    student = state.reference.eval()
+    student = state.fp32_model.eval()
     save_pruned_decoder(student, state.tokenizer, work / "student")
     graphs = work / "graphs"
     graphs.mkdir(exist_ok=True)
@@ -146,7 +149,7 @@ def compile_student(work: Path, teacher: Path, args) -> dict:
     # The Jetson graphs stay standard-domain opset 13: the fp32 student's and the QAT student's, the
     # latter through compile-lm's own int8 folding.
     qat_graph = export_decoder(state.model, graphs / "student-qat-standard.onnx")
-    int8_standard, _ = _int8_graph(qat_graph, graphs / "int8-standard" / "model.onnx")
+    int8_standard, _ = int8_decoder_graph(qat_graph, graphs / "int8-standard" / "model.onnx")
     jetson = resolve_profile("jetson-orin")
     for path in (int8_standard, graphs / "student-standard.onnx"):
         check_ops(onnx.load(str(path), load_external_data=False), jetson)  # raises on any violation

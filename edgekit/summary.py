@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .pipeline import CompileState
+    from .compiler.state import CompileState
 
 
 def _mb(n: int) -> str:
@@ -57,4 +57,15 @@ def format_summary(state: "CompileState") -> str:
             lines.append(f"substitution {rule}: max |logit diff| {s['max_abs_logit_diff']:.2e}, "
                          f"argmax agreement {s['argmax_agreement']:.4f} on {s['samples']} validation texts")
     lines.append(f"bundle: {state.bundle_path}")
+    return "\n".join(lines)
+
+
+def format_lm_summary(state: "CompileState") -> str:
+    """A causal-LM compile's closing lines: where the bundle is, and perplexity of teacher, student, graph."""
+    figures = state.figures
+    lines = [f"bundle: {state.bundle_path}"]
+    for name in ("teacher", "student", "graph"):
+        if name in figures:
+            lines.append(f"{name}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                                  for k, v in figures[name].items()))
     return "\n".join(lines)

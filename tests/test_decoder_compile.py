@@ -95,7 +95,11 @@ def test_compile_lm_int8_student_bundle(workspace):
 @pytest.mark.slow
 def test_int8_gate_fails_on_a_broken_scale(workspace, tmp_path):
     """The gate reads the graph's own perplexity: a QDQ scale blown up 100x fails it with the figures."""
-    from edgekit.decoder.compile import LMState, build_lm_recipe, pass_evaluate_graph
+    from edgekit.compiler.state import CompileState
+    from edgekit.compiler.target import resolve_target
+    from edgekit.evaluate.passes import pass_evaluate_graph
+    from edgekit.recipe import build_lm_recipe
+    from edgekit.tasks import get_task
     from edgekit.data.text import load_texts, split_texts
     from edgekit.profiles import resolve_profile
     from transformers import AutoTokenizer
@@ -122,9 +126,11 @@ def test_int8_gate_fails_on_a_broken_scale(workspace, tmp_path):
     texts, _ = load_texts(workspace / "corpus.txt")
     tok = AutoTokenizer.from_pretrained(str(workspace / "teacher"))
     tok.padding_side = "left"
-    state = LMState(recipe=recipe, profile=resolve_profile("x86-64-cpu"), workdir=tmp_path, echo=print,
-                    splits=split_texts(texts), tokenizer=tok, precision="int8", onnx_path=broken,
-                    figures={k: manifest["figures"][k] for k in ("teacher", "student")})
+    profile, adapter = resolve_profile("x86-64-cpu"), get_task("causal-lm")
+    state = CompileState(recipe=recipe, profile=profile, target=resolve_target(recipe, profile, adapter),
+                         adapter=adapter, workdir=tmp_path, echo=print,
+                         splits=split_texts(texts), tokenizer=tok, precision="int8", onnx_path=broken,
+                         figures={k: manifest["figures"][k] for k in ("teacher", "student")})
     with pytest.raises(DecoderError, match="int8 gate"):
         pass_evaluate_graph(state)
 
@@ -183,3 +189,77 @@ def test_jetson_bundle_plans_tensorrt_shapes_for_the_kv_inputs(workspace, tmp_pa
     assert key["min"] == [1, 2, 0, 16] and key["max"] == [8, 2, 255, 16]
     assert plan["shapes"]["attention_mask"]["max"] == [8, 256] and plan["flags"] == ["fp16"]
     assert manifest["model"]["graph_ops"] == "standard"
+
+
+def test_jetson_lm_bundle_records_its_rules_and_validates_at_the_profile_tolerance(workspace, tmp_path):
+    """One compiler: a causal LM for jetson-orin goes through the profile's rewrite rules (the same
+    fp16-safe-mask rule the encoders get) and is validated at the profile's fp32 tolerance."""
+    from edgekit.profiles import resolve_profile
+
+    out = tmp_path / "orin"
+    result = CliRunner().invoke(main, ["compile", "--task", "causal-lm", "--profile", "jetson-orin",
+                                       "--teacher", str(workspace / "teacher"), "--data", str(workspace / "corpus.txt"),
+                                       "--recipe", str(workspace / "recipe.toml"), "--max-length", "32",
+                                       "--threads", "1", "--layers", "2", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["model"]["rewrite_rules"] == ["fp16-safe-mask"]
+    tolerance = resolve_profile("jetson-orin").tolerance("fp32")
+    validate = next(p for p in manifest["pass_log"] if p["name"] == "validate")["figures"]
+    assert (validate["atol"], validate["rtol"]) == (tolerance.atol, tolerance.rtol)
+    graph = onnx.load(str(out / "model.onnx"))
+    constants = {n.output[0]: numpy_helper.to_array(n.attribute[0].t) for n in graph.graph.node if n.op_type == "Constant"}
+    constants.update({t.name: numpy_helper.to_array(t) for t in graph.graph.initializer})
+    fills = {float(constants[n.input[2]]) for n in graph.graph.node if n.op_type == "Where"}
+    assert fills == {-1e4}  # the rule's fill, not the export's -65504
+
+
+def test_task_is_read_from_the_teacher_config(workspace, tmp_path):
+    """`edgekit compile` with a *ForCausalLM teacher and no --task compiles a causal LM; a flag of the
+    other task is refused naming it, before anything runs."""
+    args = ["compile", "--profile", "x86-64-cpu", "--teacher", str(workspace / "teacher"),
+            "--data", str(workspace / "corpus.txt"), "--max-length", "32", "--threads", "1"]
+    result = CliRunner().invoke(main, [*args, "--heads", "2", "--out", str(tmp_path / "x")])
+    assert result.exit_code == 1 and "--heads applies to --task sequence-classification only" in result.output
+    result = CliRunner().invoke(main, [*args, "--recipe", str(workspace / "recipe.toml"), "--out", str(tmp_path / "b")])
+    assert result.exit_code == 0, result.output
+    manifest = json.loads((tmp_path / "b" / "manifest.json").read_text())
+    assert manifest["task"]["name"] == "causal-lm" and manifest["recipe"]["task"] == "causal-lm"
+
+
+@pytest.mark.slow
+def test_kill_9_during_a_causal_lm_compile_then_resume_completes(workspace, tmp_path):
+    """kill -9 once the distilled student is on disk; --resume reloads it (no second distillation)
+    and writes the same graph an uninterrupted compile writes."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "bundle"
+    slow = tmp_path / "slow.toml"  # QAT long enough to be killed in
+    slow.write_text((workspace / "recipe.toml").read_text().replace("[quantize]\nsteps = 5", "[quantize]\nsteps = 400"),
+                    encoding="utf-8")
+    args = [sys.executable, "-m", "edgekit.cli", "compile-lm", "--profile", "x86-64-cpu",
+            "--teacher", str(workspace / "teacher"), "--data", str(workspace / "corpus.txt"), "--recipe", str(slow),
+            "--max-length", "32", "--threads", "1", "--layers", "2", "--int8", "--out", str(out)]
+    proc = subprocess.Popen(args, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    checkpoint = tmp_path / ".bundle.work" / "student-distilled.pt"
+    deadline = time.monotonic() + 300
+    while not checkpoint.exists() and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert checkpoint.exists(), proc.communicate()[0].decode()[-2000:]
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert not out.exists()
+    resumed = subprocess.run([*args, "--resume"], capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resumed: the distilled student reloaded" in resumed.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    names = [p["name"] for p in manifest["pass_log"]]
+    assert names[-4:] == ["export", "check ops", "validate", "evaluate graph"] and "qat int8" in names
+    fresh = tmp_path / "fresh"
+    again = subprocess.run([*args[:-1], str(fresh)], capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert (out / "model.onnx").read_bytes() == (fresh / "model.onnx").read_bytes()

@@ -21,7 +21,8 @@ from edgekit.validate.decoder import DecoderValidationError, validate_decoder
 from edgekit.models.toy import CHAT_TEMPLATE, tiny_config, train_tokenizer
 from edgekit.export.graph import constant_node_value
 from edgekit.tasks import get_task
-from edgekit.tasks.causal_lm import CausalLM, causal_lm_task_section
+from edgekit.bundle.decoder import causal_lm_task_section
+from edgekit.tasks.causal_lm import CausalLM
 
 SUBJECTS = ["the cat", "a dog", "my phone", "the old car", "her bike", "the small robot"]
 VERBS = ["runs fast", "is quiet today", "needs a battery", "was very good", "looks tired", "will arrive soon"]

@@ -4,7 +4,7 @@ import onnx
 import pytest
 
 import edgekit_runtime
-from edgekit.pipeline import compile_bundle
+from edgekit.compiler.run import compile_bundle
 from edgekit.profiles import resolve_profile
 from edgekit.recipe import load_recipe
 

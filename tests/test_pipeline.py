@@ -8,10 +8,13 @@ import pytest
 import torch
 
 import edgekit_runtime
-from edgekit.pipeline import compile_bundle, pass_names
+from edgekit.compiler.run import compile_bundle
 from edgekit.profiles import resolve_profile
 from edgekit.recipe import load_recipe
+from edgekit.tasks.sequence_classification import SequenceClassification
 from tests.tiny_models import make_csv, make_model_dir
+
+pass_names = SequenceClassification().pass_names
 
 
 def _recipe(tmp_path, teacher, profile, **extra):
@@ -88,12 +91,12 @@ def test_other_encoder_architectures_compile(tmp_path, arch):
 
 
 def test_failed_compile_leaves_no_bundle(tmp_path, bert_dir, monkeypatch):
-    import edgekit.pipeline as pipeline
+    pipeline = SequenceClassification
 
     def broken(state):
         raise edgekit_runtime.EdgekitError("validation exploded on purpose")
 
-    monkeypatch.setitem(pipeline.PASS_TABLE, "validate", broken)
+    monkeypatch.setitem(pipeline.PASSES, "validate", broken)
     with pytest.raises(edgekit_runtime.EdgekitError, match="on purpose"):
         _compile(tmp_path, bert_dir, "x86-64-cpu")
     assert not (tmp_path / "bundle").exists()
@@ -150,12 +153,12 @@ def test_student_order_is_a_recipe_choice(tmp_path, bert_dir):
 
 
 def test_resume_continues_after_a_failure(tmp_path, bert_dir, monkeypatch):
-    import edgekit.pipeline as pipeline
+    pipeline = SequenceClassification
 
     def broken(state):
         raise edgekit_runtime.EdgekitError("interrupted on purpose")
 
-    monkeypatch.setitem(pipeline.PASS_TABLE, "evaluate-student", broken)
+    monkeypatch.setitem(pipeline.PASSES, "evaluate-student", broken)
     with pytest.raises(edgekit_runtime.EdgekitError, match="on purpose"):
         _compile(tmp_path, bert_dir, "x86-64-cpu", **STUDENT)
     monkeypatch.undo()
@@ -168,9 +171,9 @@ def test_resume_continues_after_a_failure(tmp_path, bert_dir, monkeypatch):
 
 
 def test_resume_refuses_a_changed_recipe(tmp_path, bert_dir, monkeypatch):
-    import edgekit.pipeline as pipeline
+    pipeline = SequenceClassification
 
-    monkeypatch.setitem(pipeline.PASS_TABLE, "export", lambda state: (_ for _ in ()).throw(
+    monkeypatch.setitem(pipeline.PASSES, "export", lambda state: (_ for _ in ()).throw(
         edgekit_runtime.EdgekitError("stop")))
     with pytest.raises(edgekit_runtime.EdgekitError):
         _compile(tmp_path, bert_dir, "x86-64-cpu")
@@ -255,13 +258,13 @@ def test_gate_failure_fails_the_compile_and_writes_no_bundle(tmp_path, bert_dir)
             onnx.save(graph, str(state.onnx_path))
             return result
 
-        import edgekit.pipeline as pipeline
-        old = pipeline.PASS_TABLE["int8"]
-        pipeline.PASS_TABLE["int8"] = broken_int8
+        pipeline = SequenceClassification
+        old = pipeline.PASSES["int8"]
+        pipeline.PASSES["int8"] = broken_int8
         try:
             _compile(tmp_path, bert_dir, "x86-64-cpu", quantize=quant)
         finally:
-            pipeline.PASS_TABLE["int8"] = old
+            pipeline.PASSES["int8"] = old
     assert not (tmp_path / "bundle").exists()
 
 
@@ -305,7 +308,7 @@ def test_engine_plan_trtexec_line_matches_the_plan(tmp_path, profile_name, preci
     from edgekit.bundle.manifest import engine_plan
 
     profile = resolve_profile(profile_name)
-    state = SimpleNamespace(profile=profile, precision=precision, recipe=SimpleNamespace(max_length=64),
+    state = SimpleNamespace(profile=profile, precision=precision, target=SimpleNamespace(max_context=64),
                             onnx_path=_two_input_graph(tmp_path / "model.onnx"))
     plan = engine_plan(state)
     assert plan["flags"] == want

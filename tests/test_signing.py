@@ -97,7 +97,7 @@ def test_sign_an_archive_repacks_it_with_the_signature(bundle, keys):
 
 @pytest.mark.parametrize("bad", ["missing", "garbage"])
 def test_compile_rejects_a_bad_sign_key_before_anything_runs(tmp_path, monkeypatch, bad):
-    import edgekit.pipeline as pipeline
+    import edgekit.compiler.run as pipeline
 
     def must_not_start(*args, **kwargs):
         raise AssertionError("the compile started despite a bad --sign-key")
@@ -114,7 +114,7 @@ def test_compile_rejects_a_bad_sign_key_before_anything_runs(tmp_path, monkeypat
 
 
 def test_compile_passes_a_good_sign_key_through_the_preflight(tmp_path, keys, monkeypatch):
-    import edgekit.pipeline as pipeline
+    import edgekit.compiler.run as pipeline
     from edgekit_runtime.errors import EdgekitError
 
     def stop(*args, **kwargs):

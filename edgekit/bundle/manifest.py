@@ -12,7 +12,7 @@ import onnx
 from .. import __version__
 
 if TYPE_CHECKING:
-    from ..pipeline import CompileState
+    from ..compiler.state import CompileState
     from ..recipe import Recipe
     from edgekit_runtime.profile import DeviceProfile
 
@@ -24,7 +24,7 @@ def default_out(recipe: "Recipe", profile: "DeviceProfile") -> Path:
     return Path("bundles") / profile.name
 
 
-def _tokenizer_json(tokenizer) -> bytes:
+def tokenizer_json(tokenizer) -> bytes:
     """The fast tokenizer as tokenizer.json, without the truncation/padding a call left on it."""
     from tokenizers import Tokenizer
 
@@ -35,10 +35,10 @@ def _tokenizer_json(tokenizer) -> bytes:
 
 
 def stage_files(state: "CompileState") -> dict[str, Path | bytes]:
-    return {MODEL_FILE: state.onnx_path, TOKENIZER_FILE: _tokenizer_json(state.tokenizer), **state.extra_files}
+    return {MODEL_FILE: state.onnx_path, TOKENIZER_FILE: tokenizer_json(state.tokenizer), **state.extra_files}
 
 
-def _io_spec(path: Path) -> dict[str, list[dict[str, Any]]]:
+def io_spec(path: Path) -> dict[str, list[dict[str, Any]]]:
     model = onnx.load(str(path), load_external_data=False)
 
     def spec(values):
@@ -63,7 +63,7 @@ def engine_plan(state: "CompileState") -> dict[str, Any] | None:
     runtime's native TensorRT backend builds with exactly these values.
     """
     profile = state.profile
-    max_len = min(state.recipe.max_length, profile.max_sequence_length)
+    max_len = state.target.max_context
     inputs = [i.name for i in onnx.load(str(state.onnx_path), load_external_data=False).graph.input]
     return plan_for_shapes(profile, state.precision,
                            {name: {"min": [1, 1], "opt": [1, max_len], "max": [32, max_len]} for name in inputs})
@@ -102,11 +102,10 @@ def build_manifest(state: "CompileState") -> dict[str, Any]:
         **header_sections(profile),
         "task": state.adapter.manifest_task(state.label_names),
         "model": {"file": MODEL_FILE, "precision": state.precision,
-                  "int8": ({"method": state.recipe.quantize.method,
-                            "format": state.recipe.quantize.resolved_format(profile.int8_format)}
+                  "int8": ({"method": state.target.int8_method, "format": state.target.int8_format}
                            if state.precision == "int8" else None),
-                  "opset": profile.opset, "rewrite_rules": list(state.rules_applied), **_io_spec(state.onnx_path)},
-        "tokenizer": {"file": TOKENIZER_FILE, "max_length": min(state.recipe.max_length, profile.max_sequence_length),
+                  "opset": profile.opset, "rewrite_rules": list(state.rules_applied), **io_spec(state.onnx_path)},
+        "tokenizer": {"file": TOKENIZER_FILE, "max_length": state.target.max_context,
                       "pad_token_id": int(tok.pad_token_id if tok.pad_token_id is not None else 0),
                       "padding_side": tok.padding_side, "truncation_side": tok.truncation_side},
         "engine_plan": engine_plan(state),

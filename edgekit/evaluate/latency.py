@@ -5,6 +5,10 @@ Interleaved (A, B, A, B, ...) after a warm-up, batch 1, real texts, tokenization
 
 from __future__ import annotations
 
+import os
+import platform
+import subprocess
+import sys
 import time
 from typing import TYPE_CHECKING, Any, Callable, Sequence
 
@@ -12,7 +16,7 @@ import numpy as np
 import torch
 
 if TYPE_CHECKING:
-    from ..pipeline import CompileState
+    from ..compiler.state import CompileState
 
 
 def percentiles(samples_ms: Sequence[float]) -> dict[str, float]:
@@ -64,10 +68,6 @@ def latency_pair(state: "CompileState", runtime_model, n_texts: int = 60) -> dic
 
 def environment(threads: int) -> dict[str, Any]:
     """What a benchmark figure depends on: machine, versions, commit and command line."""
-    import os
-    import platform
-    import subprocess
-    import sys
 
     import onnxruntime
     import transformers

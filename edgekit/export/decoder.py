@@ -24,10 +24,19 @@ import numpy as np
 import torch
 from torch import nn
 
+from ..compiler.adapter import ExportIO
 from ..models.decoder import DecoderError, decoder_shape
 from .exportable import check_exportable, rope_inverse_frequencies
-from .ort_ops import (GroupedAttention, PackedAttention, Rotary, SkipRMSNorm, contrib_ops_for, fix_gqa_inputs,
-                      rope_tables)
+from .onnx_export import ExportError
+from .ort_ops import (
+    GroupedAttention,
+    PackedAttention,
+    Rotary,
+    SkipRMSNorm,
+    contrib_ops_for,
+    fix_gqa_inputs,
+    rope_tables,
+)
 
 OPSET = 13
 MASK_FILL = -65504.0                       # float16's lowest: an fp16 engine cannot overflow to -inf
@@ -51,7 +60,7 @@ def present_names(num_layers: int) -> list[str]:
 
 def decoder_io(model_or_config):
     """The contract's input/output names and dynamic axes (an ``edgekit.tasks.ExportIO``)."""
-    from ..tasks.base import ExportIO
+
 
     layers = decoder_shape(model_or_config).num_layers
     axes: dict[str, dict[int, str]] = {"input_ids": {0: "batch", 1: "sequence"},
@@ -372,7 +381,6 @@ def check_decoder_file(path: str | Path, opset: int = OPSET, ops: str = "standar
     allows: the standard domain only, or (``"ort-contrib"``) that plus com.microsoft."""
     import onnx
 
-    from .onnx_export import ExportError
 
     try:
         onnx.checker.check_model(str(path), full_check=True)

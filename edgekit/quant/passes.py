@@ -10,20 +10,32 @@ graph with the fp32 model on the validation split and fails the compile past its
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING
+import dataclasses
+from pathlib import Path
+from typing import Any
 
 import numpy as np
 import onnx
+
 import torch
 
 from edgekit_runtime.errors import EdgekitError
 
 from ..data import cap
+from ..compiler.state import CompileState, PassResult
+from ..export.decoder import EXTERNAL_DATA_BYTES, check_decoder_file
+from ..export.onnx_export import check_model_file
+from ..train.causal import DECODER_QAT, qat_causal
+from ..train.checkpoint import load_module, save_module
+from ..train.finetune import evaluate, predict
+from ..train.loop import distill_train
+from ..validate.graph import ORT_DTYPES, onnx_predict, ort_session
+from .fake import calibrate, enable_fake_quant, layer_sensitivity, prepare_qat, quantized_linears, restore_fp32
+from .gate import quantized_gate
+from .onnx_int8 import fold_weight_quantize, quantize_embeddings, unshare_activation_qdq
+from .ptq import PTQConfig, quantize_dynamic_onnx, quantize_static_onnx, standard_ops_only
 
 EMBEDDING_MIN_ROWS = 1000  # tables this large get int8 rows (the vocabulary; not positions or types)
-
-if TYPE_CHECKING:
-    from ..pipeline import CompileState, PassResult
 
 
 def check_quantize(recipe, profile) -> None:
@@ -41,7 +53,7 @@ def check_quantize(recipe, profile) -> None:
                            f"(qdq) for this target.")
 
 
-def _batches(state: "CompileState", n_batches: int, batch_size: int = 16):
+def _batches(state: CompileState, n_batches: int, batch_size: int = 16):
     sample = cap(state.splits.train, n_batches * batch_size, 1)
     for start in range(0, len(sample), batch_size):
         batch = state.adapter.collate(state.tokenizer, sample.texts[start:start + batch_size], None,
@@ -74,13 +86,7 @@ def _selection_split(train, n: int, seed: int = 3):
     return train.subset(sorted(order[:n])), train.subset(sorted(order[n:]))
 
 
-def pass_qat(state: "CompileState") -> "PassResult":
-    from ..pipeline import PassResult
-    from .fake import (calibrate, enable_fake_quant, layer_sensitivity, prepare_qat, quantized_linears,
-                             restore_fp32)
-    from ..train.finetune import evaluate, predict
-    from ..train.loop import distill_train
-
+def pass_qat(state: CompileState) -> PassResult:
     cfg = state.recipe.quantize
     state.fp32_model = state.model
     model = prepare_qat(copy.deepcopy(state.model), cfg.qat)
@@ -146,12 +152,8 @@ def pass_qat(state: "CompileState") -> "PassResult":
     return PassResult(figures=figures, notes=notes)
 
 
-def pass_int8(state: "CompileState") -> "PassResult":
+def pass_int8(state: CompileState) -> PassResult:
     """Make the int8 graph: fold QAT weight quantizers, or quantize the fp32 graph with ORT; int8 embeddings."""
-    from ..export.onnx_export import check_model_file
-    from ..pipeline import PassResult
-    from .onnx_int8 import fold_weight_quantize, quantize_embeddings, unshare_activation_qdq
-    from .ptq import PTQConfig, quantize_dynamic_onnx, quantize_static_onnx, standard_ops_only
 
     cfg = state.recipe.quantize
     if state.fp32_model is None:  # PTQ: the model as exported is the reference
@@ -169,7 +171,7 @@ def pass_int8(state: "CompileState") -> "PassResult":
         ops = ("MatMul",) if figures["format"] == "qoperator" else ("MatMul", "Gemm")
         ptq = PTQConfig(method="static", format=figures["format"], calibration_samples=cfg.calibration_samples,
                         op_types_to_quantize=ops)
-        feeds = _calibration_feeds(state, cfg.calibration_samples)
+        feeds = calibration_feeds(state, cfg.calibration_samples)
         model = onnx.load(str(quantize_static_onnx(src, dst, feeds, ptq).path))
     else:
         model = onnx.load(str(quantize_dynamic_onnx(src, dst, PTQConfig(method="dynamic")).path))
@@ -187,22 +189,17 @@ def pass_int8(state: "CompileState") -> "PassResult":
     return PassResult(figures=figures, notes=[f"int8 graph: {before / 1e6:.1f} MB -> {dst.stat().st_size / 1e6:.1f} MB"])
 
 
-def _calibration_feeds(state: "CompileState", n: int):
-    from ..validate.graph import _ORT_DTYPES, ort_session
-
-    types = {i.name: _ORT_DTYPES[i.type] for i in ort_session(state.onnx_path).get_inputs()}
+def calibration_feeds(state: CompileState, n: int):
+    """Calibration feeds for static PTQ: batches of 16 train texts, typed as the ONNX graph's inputs."""
+    types = {i.name: ORT_DTYPES[i.type] for i in ort_session(state.onnx_path).get_inputs()}
     sample = cap(state.splits.train, n, 2)
     for start in range(0, len(sample), 16):
         batch = state.adapter.collate(state.tokenizer, sample.texts[start:start + 16], None, state.recipe.max_length)
         yield {name: batch[name].numpy().astype(dtype) for name, dtype in types.items()}
 
 
-def pass_quant_gate(state: "CompileState") -> "PassResult":
+def pass_quant_gate(state: CompileState) -> PassResult:
     """The int8 graph against the fp32 model on the validation split: argmax agreement and metric drop."""
-    from ..pipeline import PassResult
-    from .gate import quantized_gate
-    from ..train.finetune import predict
-    from ..validate.graph import onnx_predict, ort_session
 
     val = state.splits.validation
     reference = predict(state.fp32_model, state.adapter, state.tokenizer, val, state.recipe.max_length)
@@ -217,4 +214,34 @@ def pass_quant_gate(state: "CompileState") -> "PassResult":
                              f"{figures['metric_drop'] * 100:+.2f} points"])
 
 
-__all__ = ["check_quantize", "pass_int8", "pass_qat", "pass_quant_gate"]
+def pass_qat_lm(state: CompileState) -> PassResult:
+    """int8 fake-quant fine-tune of a causal LM's block Linears, distilled from the fp32 model it starts as."""
+    saved = state.workdir / "student-qat.pt"
+    if state.resume and saved.is_file():
+        (state.model, state.fp32_model), figures = load_module(saved)
+        state.precision = "int8"
+        return PassResult(figures=figures, notes=[f"resumed: the QAT model reloaded from {saved}"])
+    cfg = state.recipe.quantize
+    state.fp32_model = copy.deepcopy(state.model)
+    qat = dataclasses.replace(DECODER_QAT, fp32_most_sensitive=cfg.fp32_most_sensitive)
+    model, figures = qat_causal(state.model, state.tokenizer, state.splits.train, qat=qat, reference=state.fp32_model,
+                                steps=cfg.steps, batch_size=cfg.batch_size, lr=cfg.learning_rate,
+                                max_length=state.recipe.max_length, progress=state.progress, seed=state.recipe.seed)
+    state.model, state.precision = model, "int8"
+    figures = {k: v for k, v in figures.items() if not isinstance(v, (list, dict))}
+    save_module(saved, torch.nn.ModuleList([state.model, state.fp32_model]), figures)
+    return PassResult(figures=figures)
+
+
+def int8_decoder_graph(src: Path, dst: Path, ops: str = "standard") -> tuple[Path, dict[str, Any]]:
+    """What the encoders' int8 pass does to a QAT graph: int8 weight initializers instead of fp32
+    weights plus QuantizeLinear, one Q -> DQ pair per MatMul (what ONNX Runtime fuses into int8
+    kernels), and the token embedding table as int8 rows with fp32 per-row scales."""
+    model, report = fold_weight_quantize(onnx.load(str(src)))
+    model, unshared = unshare_activation_qdq(model)
+    model, emb = quantize_embeddings(model)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    large = report.bytes_after + emb.bytes_after > EXTERNAL_DATA_BYTES
+    onnx.save(model, str(dst), save_as_external_data=large, location=dst.name + ".data" if large else None)
+    check_decoder_file(dst, ops=ops)
+    return dst, {"folded_weights": report.folded, "qdq_pairs_unshared": unshared, "int8_embedding_tables": len(emb.tables)}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from edgekit_runtime.errors import EdgekitError
 
-from .base import ExportIO, TaskAdapter
+from ..compiler.adapter import ExportIO, TaskAdapter
 from .causal_lm import CausalLM
 from .sequence_classification import SequenceClassification
 

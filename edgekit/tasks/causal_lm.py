@@ -4,32 +4,97 @@ Labels are the input ids themselves (padding set to -100); the model shifts them
 padded and carry ``position_ids`` computed from the mask, as the exported KV-cache graph takes them
 (docs/decoder.md), so training and the device see the same positions.
 
-The manifest's task section needs the tokenizer and the model, which the Protocol's
-``manifest_task(label_names)`` does not receive: build it with ``causal_lm_task_section``.
+The compile runs the same loop as every task (edgekit.compiler.run) over this adapter's passes;
+the manifest's task section (stop ids, KV shapes, chat template) is edgekit.bundle.decoder's.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..models.decoder import DecoderError, check_supported, decoder_shape
+from ..bundle.decoder import decoder_files, decoder_manifest
+from ..compiler.adapter import ExportIO
+from ..data.passes import pass_load_texts
+from ..distill.passes import pass_distill_lm
+from ..evaluate.passes import pass_evaluate_graph, pass_evaluate_lm_student, pass_evaluate_lm_teacher
 from ..export.decoder import decoder_io, position_ids_from_mask
-from .base import ExportIO
+from ..export.ort_ops import contrib_ops_for
+from ..export.passes import pass_check_ops, pass_export_lm
+from ..models.decoder import DecoderError, check_supported
+from ..models.passes import pass_load_lm_teacher
+from ..prune.passes import pass_prune_lm
+from ..quant.passes import pass_qat_lm
+from ..train.passes import pass_finetune_lm
+from ..validate.passes import pass_validate_lm
 
 IGNORE = -100  # label of padding: no loss, no perplexity
 MODEL_INPUTS = ("input_ids", "attention_mask", "position_ids")
-GENERATION_DEFAULTS = {"max_new_tokens": 256, "do_sample": False, "temperature": 1.0, "top_k": 0, "top_p": 1.0}
-THINK = ("<think>", "</think>")
 
 
 class CausalLM:
     name = "causal-lm"
+    context_name = "max_context"
+    context_flag = "--max-context"
+    PASSES = {
+        "load data": pass_load_texts, "load teacher": pass_load_lm_teacher, "fine-tune teacher": pass_finetune_lm,
+        "evaluate teacher": pass_evaluate_lm_teacher, "prune": pass_prune_lm, "distill": pass_distill_lm,
+        "evaluate student": pass_evaluate_lm_student, "qat int8": pass_qat_lm, "export": pass_export_lm,
+        "check ops": pass_check_ops, "validate": pass_validate_lm, "evaluate graph": pass_evaluate_graph,
+    }
+
+    # -- the compile: which passes, in which order, and what the bundle holds ------------------------
+
+    def pass_names(self, recipe) -> list[str]:
+        names = ["load data", "load teacher"]
+        if recipe.finetune.steps:
+            names.append("fine-tune teacher")
+        names.append("evaluate teacher")
+        if recipe.prune is not None:
+            names += ["prune", "distill", "evaluate student"]
+        if recipe.quantize.method == "qat":
+            names.append("qat int8")
+        return names + ["export", "check ops", "validate", "evaluate graph"]
+
+    def max_context(self, recipe, profile) -> int:
+        """Prompt + generated tokens the bundle allows (the teacher's RoPE range is checked on load)."""
+        return recipe.max_context or profile.max_sequence_length
+
+    def preflight(self, recipe, profile) -> None:
+        pass  # the prune counts need the teacher's shape: checked by "load teacher", before any training
+
+    def default_out(self, profile) -> Path:
+        return Path("bundles") / f"{profile.name}-lm"
+
+    def bundle_files(self, state) -> dict[str, Any]:
+        return decoder_files(state.tokenizer, state.onnx_path)
+
+    def manifest(self, state) -> dict[str, Any]:
+        model = state.fp32_model or state.model
+        target = state.target
+        max_context = min(target.max_context, getattr(model.config, "max_position_embeddings", target.max_context))
+        int8 = {"method": target.int8_method, "format": target.int8_format} if state.precision == "int8" else None
+        state.figures["bundle"] = str(state.bundle_path)
+        return decoder_manifest(model, state.tokenizer, state.onnx_path, profile=state.profile,
+                                precision=state.precision, int8=int8, max_context=max_context,
+                                recipe=state.recipe.to_dict(), pass_log=state.pass_log, figures=state.figures,
+                                rewrite_rules=state.rules_applied)
+
+    def extra_ops(self, target) -> frozenset[tuple[str, str]]:
+        """Beyond the ONNX domain: ONNX Runtime's fused decoder ops where the profile's decoder_ops allows them."""
+        return contrib_ops_for(target.decoder_ops)
+
+    def plan(self, state) -> str:
+        raise DecoderError("--plan prints an encoder's cut; a causal LM's prune report is printed by the compile "
+                           "itself (pass \"prune\"). Fix: run the compile without --plan.")
+
+    # -- the model: head, batches, loss, metrics, graph signature ------------------------------------
 
     def load_model(self, path: str, label_names: Sequence[str] = ()) -> torch.nn.Module:
         """fp32, eager attention (the KV-cache graph is float32; ``label_names`` has no meaning here)."""
@@ -88,68 +153,5 @@ class CausalLM:
 
     def manifest_task(self, label_names) -> dict[str, Any]:
         raise DecoderError("the causal-lm manifest section needs the tokenizer, the model and the context length, "
-                           "which manifest_task(label_names) does not get. Fix: call edgekit.tasks.causal_lm."
+                           "which manifest_task(label_names) does not get. Fix: call edgekit.bundle.decoder."
                            "causal_lm_task_section(tokenizer, model, max_context=...).")
-
-
-def _ids(value) -> list[int]:
-    if value is None:
-        return []
-    return [int(v) for v in value] if isinstance(value, (list, tuple)) else [int(value)]
-
-
-def _single_token(tokenizer, text: str) -> bool:
-    """``text`` is one vocabulary entry and encodes to just it (the runtime looks it up by token_to_id)."""
-    token_id = tokenizer.convert_tokens_to_ids(text)
-    return token_id is not None and token_id != tokenizer.unk_token_id \
-        and tokenizer.encode(text, add_special_tokens=False) == [token_id]
-
-
-def _generation(overrides: Mapping[str, Any] | None) -> dict[str, Any]:
-    unknown = sorted(set(overrides or {}) - set(GENERATION_DEFAULTS))
-    if unknown:
-        raise DecoderError(f"generation keys {unknown} are not part of the manifest. Fix: use only "
-                           f"{sorted(GENERATION_DEFAULTS)}.")
-    gen = {**GENERATION_DEFAULTS, **(overrides or {})}
-
-    def number(key, integer=False):  # bool is an int to Python, not to the manifest
-        return isinstance(gen[key], int if integer else (int, float)) and not isinstance(gen[key], bool)
-
-    checks = [("max_new_tokens", number("max_new_tokens", True) and gen["max_new_tokens"] >= 1, "a positive integer"),
-              ("do_sample", isinstance(gen["do_sample"], bool), "true or false"),
-              ("temperature", number("temperature") and 0 < gen["temperature"] < math.inf, "a number > 0"),
-              ("top_k", number("top_k", True) and gen["top_k"] >= 0, "an integer >= 0 (0 = off)"),
-              ("top_p", number("top_p") and 0 < gen["top_p"] <= 1, "a number in (0, 1]")]
-    for key, ok, wanted in checks:
-        if not ok:
-            raise DecoderError(f"generation.{key}={gen[key]!r} must be {wanted}. "
-                               f"Fix: e.g. {GENERATION_DEFAULTS[key]!r}.")
-    return gen
-
-
-def causal_lm_task_section(tokenizer, model, *, max_context: int,
-                           generation: Mapping[str, Any] | None = None) -> dict[str, Any]:
-    """The manifest ``task`` section of docs/decoder.md (stands in for the Protocol's manifest_task)."""
-    shape = decoder_shape(model)
-    config = getattr(model, "config", model)
-    limit = getattr(config, "max_position_embeddings", None)
-    if not isinstance(max_context, int) or max_context < 2 or (limit and max_context > limit):
-        raise DecoderError(f"max_context={max_context!r}: must be an integer in [2, {limit}] (the model's "
-                           f"max_position_embeddings; RoPE beyond it was never trained). Fix: lower max_context.")
-    gen_config = getattr(model, "generation_config", None)
-    eos = list(dict.fromkeys(_ids(tokenizer.eos_token_id) + _ids(getattr(config, "eos_token_id", None))
-                             + _ids(getattr(gen_config, "eos_token_id", None))))
-    if not eos:
-        raise DecoderError("neither the tokenizer nor the model config names an end-of-sequence token; generation "
-                           "would never stop. Fix: set tokenizer.eos_token (or config.eos_token_id).")
-    pad = tokenizer.pad_token_id
-    pad = pad if pad is not None else getattr(config, "pad_token_id", None)
-    template = tokenizer.chat_template
-    if isinstance(template, Mapping):  # named templates: the runtime renders the default one
-        template = template.get("default")
-    think = {"start": THINK[0], "end": THINK[1]} if all(_single_token(tokenizer, t) for t in THINK) else None
-    return {"name": CausalLM.name, "num_layers": shape.num_layers, "num_key_value_heads": shape.num_kv_heads,
-            "head_dim": shape.head_dim, "vocab_size": shape.vocab_size, "max_context": max_context,
-            "eos_token_ids": eos, "pad_token_id": int(pad) if pad is not None else eos[0],
-            "bos_token_id": tokenizer.bos_token_id, "chat_template": template, "think": think,
-            "generation": _generation(generation)}

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import inspect
+from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
@@ -11,7 +12,17 @@ import torch.nn.functional as F
 
 from edgekit_runtime.errors import EdgekitError
 
-from .base import ExportIO
+from ..bundle.manifest import build_manifest, stage_files
+from ..compiler.adapter import ExportIO
+from ..data.passes import pass_load_data
+from ..distill.passes import pass_distill, pass_evaluate_student
+from ..evaluate.passes import pass_evaluate_bundle, pass_evaluate_teacher
+from ..export.passes import pass_check_ops, pass_export, pass_rewrite
+from ..models.passes import pass_load_teacher
+from ..prune.passes import pass_prune, plan_text
+from ..quant.passes import pass_int8, pass_qat, pass_quant_gate
+from ..train.passes import pass_finetune
+from ..validate.passes import pass_validate
 
 TOKEN_INPUTS = ("input_ids", "attention_mask", "token_type_ids")
 
@@ -26,8 +37,65 @@ def _head_prefixes(model) -> tuple[str, ...]:
     return tuple(names) or ("classifier",)
 
 
+TEACHER_PASSES = ["load-data", "load-teacher", "finetune", "evaluate-teacher"]
+GRAPH_PASSES = ["export", "rewrite", "check-ops", "validate", "evaluate-bundle"]
+
+
 class SequenceClassification:
     name = "sequence-classification"
+    context_name = "max_length"
+    context_flag = "in the recipe"
+    PASSES = {
+        "load-data": pass_load_data, "load-teacher": pass_load_teacher, "finetune": pass_finetune,
+        "evaluate-teacher": pass_evaluate_teacher, "prune": pass_prune, "distill": pass_distill,
+        "evaluate-student": pass_evaluate_student, "qat": pass_qat, "int8": pass_int8, "quant-gate": pass_quant_gate,
+        "export": pass_export, "rewrite": pass_rewrite, "check-ops": pass_check_ops, "validate": pass_validate,
+        "evaluate-bundle": pass_evaluate_bundle,
+    }
+
+    # -- the compile: which passes, in which order, and what the bundle holds ------------------------
+
+    def pass_names(self, recipe) -> list[str]:
+        """The passes this recipe runs, in order (student stages in the recipe's order)."""
+        middle = [*recipe.student.order, "evaluate-student"] if recipe.student.enabled else []
+        method = recipe.quantize.method
+        if method == "qat":
+            middle.append("qat")
+        graph = list(GRAPH_PASSES)
+        if method != "none":
+            graph.insert(graph.index("rewrite") + 1, "int8")
+            graph.insert(graph.index("validate") + 1, "quant-gate")
+        return TEACHER_PASSES + middle + graph
+
+    def max_context(self, recipe, profile) -> int:
+        return recipe.max_length
+
+    def preflight(self, recipe, profile) -> None:
+        if recipe.student.enabled and "prune" in recipe.student.order:
+            recipe.prune.require_something()
+
+    def default_out(self, profile) -> Path:
+        return Path("bundles") / profile.name
+
+    def bundle_files(self, state) -> dict[str, Any]:
+        return stage_files(state)
+
+    def manifest(self, state) -> dict[str, Any]:
+        return build_manifest(state)
+
+    def extra_ops(self, target) -> frozenset[tuple[str, str]]:
+        return frozenset()  # standard ONNX domain only
+
+    def plan(self, state) -> str:
+        """`--plan`: load the data and the teacher, and say what pruning would cut (nothing is trained)."""
+        recipe = state.recipe
+        if not (recipe.student.enabled and "prune" in recipe.student.order):
+            return "no pruning in this recipe ([student] enabled = false, or no 'prune' in [student] order)"
+        pass_load_data(state)
+        pass_load_teacher(state)
+        return plan_text(state)
+
+    # -- the model: head, batches, loss, metrics, graph signature ------------------------------------
 
     def load_model(self, path: str, label_names: Sequence[str]) -> torch.nn.Module:
         from transformers import AutoModelForSequenceClassification

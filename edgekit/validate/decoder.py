@@ -4,15 +4,17 @@ logits compared at real positions and present K/V at real key positions."""
 
 from __future__ import annotations
 
+import inspect
 from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
 import torch
+from edgekit_runtime.backends import ort_session
 from torch import nn
 
-from ..models.decoder import DecoderError
 from ..export.decoder import NP_TOKEN_DTYPES, empty_past, position_ids_from_mask
+from ..models.decoder import DecoderError
 
 
 class DecoderValidationError(DecoderError):
@@ -20,7 +22,6 @@ class DecoderValidationError(DecoderError):
 
 
 def _cache_kwarg(model) -> str:
-    import inspect
 
     params = inspect.signature(model.forward).parameters
     return "cache" if "cache" in params else "past_key_values"
@@ -33,26 +34,32 @@ def _cache_tensors(cache) -> list[torch.Tensor]:
     return [t for pair in cache for t in pair[:2]]
 
 
-def _max_diff(onnx_out: np.ndarray, ref: np.ndarray, keep: np.ndarray, what: str, problems: list[str]) -> float:
-    """max |onnx - ref| where ``keep`` (broadcast) holds; a shape difference is a problem of its own."""
+def _max_diff(onnx_out: np.ndarray, ref: np.ndarray, keep: np.ndarray, what: str, problems: list[str],
+              rtol: float = 0.0) -> tuple[float, float]:
+    """max |onnx - ref| where ``keep`` (broadcast) holds, and max (|onnx - ref| - rtol |ref|), the part
+    the atol must cover; a shape difference is a problem of its own."""
     if onnx_out.shape != ref.shape:
         problems.append(f"{what}: shape {onnx_out.shape} from ONNX, {ref.shape} from transformers")
-        return float("inf")
-    diff = np.abs(onnx_out - ref)[np.broadcast_to(keep, onnx_out.shape)]
-    return float(diff.max()) if diff.size else 0.0  # NaN stays NaN and fails the tolerance
+        return float("inf"), float("inf")
+    where = np.broadcast_to(keep, onnx_out.shape)
+    diff = np.abs(onnx_out - ref)[where]
+    if not diff.size:
+        return 0.0, 0.0
+    return float(diff.max()), float((diff - rtol * np.abs(ref[where])).max())  # NaN stays NaN and fails
 
 
 @torch.no_grad()
 def validate_decoder(model: nn.Module, onnx_path: str | Path, *, input_ids=None, attention_mask=None,
                      prompts: Sequence[str] | None = None, tokenizer=None, decode_steps: int = 4, atol: float = 1e-4,
-                     providers: Sequence[str] = ("CPUExecutionProvider",), threads: int | None = None
+                     rtol: float = 0.0, providers: Sequence[str] = ("CPUExecutionProvider",), threads: int | None = None
                      ) -> dict[str, float]:
     """ONNX against ``model`` with its own KV cache: a left-padded prefill, then greedy decode steps.
 
     Give token ids (``input_ids`` + ``attention_mask``, left padded) or ``prompts`` + ``tokenizer``.
     Both sides are fed the transformers model's greedy tokens; logits are compared at real (unpadded)
     positions, present K/V at real key positions. Returns the max abs differences and the greedy
-    agreement; raises DecoderValidationError when a difference exceeds ``atol`` or a shape differs.
+    agreement; raises DecoderValidationError when a difference exceeds ``atol + rtol * |reference|``
+    or a shape differs.
     """
     impl = getattr(model.config, "_attn_implementation", "eager")
     if impl not in (None, "eager", "sdpa"):
@@ -74,7 +81,6 @@ def validate_decoder(model: nn.Module, onnx_path: str | Path, *, input_ids=None,
 
     import onnx
 
-    from edgekit_runtime.backends import ort_session
 
     # The session the device runtime makes (for a QDQ graph on the CPU provider: its fusion settings).
     nodes = onnx.load(str(onnx_path), load_external_data=False).graph.node
@@ -93,6 +99,7 @@ def validate_decoder(model: nn.Module, onnx_path: str | Path, *, input_ids=None,
     model.eval()
     problems: list[str] = []
     figures = {"prefill_logits": 0.0, "decode_logits": 0.0, "present": 0.0}
+    excess = dict.fromkeys(figures, 0.0)  # max |diff| - rtol |ref|: what atol must cover
     agree = total = 0
     try:
         ids, past, cache = input_ids, empty_past(model, input_ids.shape[0]), None
@@ -107,13 +114,15 @@ def validate_decoder(model: nn.Module, onnx_path: str | Path, *, input_ids=None,
             keys_real = mask.bool().numpy()[:, None, :, None]                 # cache rows that are tokens
             key = "prefill_logits" if step == 0 else "decode_logits"
             ref_logits = out.logits.float().numpy()
-            diff = _max_diff(results["logits"], ref_logits, real, f"step {step} logits", problems)
+            diff, over = _max_diff(results["logits"], ref_logits, real, f"step {step} logits", problems, rtol)
             figures[key] = float(np.maximum(figures[key], diff))  # np.maximum keeps a NaN
+            excess[key] = float(np.maximum(excess[key], over))
             unpadded = mask.bool().all(1).numpy()[:, None, None, None]
             for name, ref in zip(names[1:], _cache_tensors(cache)):
                 keep = keys_real & unpadded if shifted_keys and name.endswith(".key") else keys_real
-                diff = _max_diff(results[name], ref.numpy(), keep, f"step {step} {name}", problems)
+                diff, over = _max_diff(results[name], ref.numpy(), keep, f"step {step} {name}", problems, rtol)
                 figures["present"] = float(np.maximum(figures["present"], diff))
+                excess["present"] = float(np.maximum(excess["present"], over))
             ref_next, onnx_next = ref_logits[:, -1].argmax(-1), results["logits"][:, -1].argmax(-1)
             agree, total = agree + int((ref_next == onnx_next).sum()), total + len(ref_next)
             ids = torch.from_numpy(ref_next).long().unsqueeze(1)
@@ -124,8 +133,8 @@ def validate_decoder(model: nn.Module, onnx_path: str | Path, *, input_ids=None,
     figures["greedy_agreement"] = agree / total
     figures["present_keys"] = "unpadded rows (ort-contrib: keys rotated at cache index)" if shifted_keys else "all rows"
     for name in ("prefill_logits", "decode_logits", "present"):
-        if not figures[name] <= atol:
-            problems.append(f"{name}: max |diff| {figures[name]:.3g} > atol {atol:g}")
+        if not excess[name] <= atol:
+            problems.append(f"{name}: max |diff| {figures[name]:.3g} > atol {atol:g} + rtol {rtol:g} x |reference|")
     if problems:
         raise DecoderValidationError(f"{onnx_path}: the decoder graph does not match the transformers model "
                                      f"(prefill + {decode_steps} decode steps, batch {input_ids.shape[0]}, left "

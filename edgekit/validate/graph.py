@@ -16,15 +16,15 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-
+from edgekit_runtime.backends import ort_session as runtime_session
 from edgekit_runtime.errors import EdgekitError
 from edgekit_runtime.profile import Tolerance
 
+from ..compiler.adapter import TaskAdapter
 from ..data import TextDataset
 from ..recipe import ValidateConfig
-from ..tasks import TaskAdapter
 
-_ORT_DTYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(float)": np.float32}
+ORT_DTYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32, "tensor(float)": np.float32}
 
 
 class ValidationError(EdgekitError):
@@ -33,7 +33,6 @@ class ValidationError(EdgekitError):
 
 def ort_session(path: str | Path, threads: int | None = None) -> ort.InferenceSession:
     """A CPU session made the way the device runtime makes it (QDQ graphs get its int8 options)."""
-    from edgekit_runtime.backends import ort_session as runtime_session
 
     return runtime_session(path, ["CPUExecutionProvider"], threads=threads or None, quantized=is_qdq_graph(path))
 
@@ -55,7 +54,7 @@ def run_session(session: ort.InferenceSession, batch: dict[str, torch.Tensor]) -
     for inp in session.get_inputs():
         if inp.name not in batch:
             raise ValidationError(f"graph input {inp.name!r} is not produced by the tokenizer/adapter")
-        feeds[inp.name] = batch[inp.name].numpy().astype(_ORT_DTYPES[inp.type])
+        feeds[inp.name] = batch[inp.name].numpy().astype(ORT_DTYPES[inp.type])
     return session.run(None, feeds)
 
 

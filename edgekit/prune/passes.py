@@ -1,30 +1,36 @@
-"""Student passes: prune the teacher's copy (cut, not masked), distill it, evaluate it.
+"""The prune stage's passes: structured cuts (tensors cut, config rewritten), encoder and decoder.
 
-The recipe's ``[student] order`` decides the order of prune and distill (default prune -> distill,
-as in Minitron); each runs on ``state.model``, which starts as a copy of the fine-tuned teacher.
+The recipe's ``[student] order`` decides whether an encoder prunes before or after distillation;
+a causal LM prunes its copy of the teacher (blocks, GQA groups, SwiGLU channels) before distilling.
 """
 
 from __future__ import annotations
 
 import copy
-from typing import TYPE_CHECKING
 
-import numpy as np
+import dataclasses
+
 import torch
 
+from edgekit_runtime.errors import EdgekitError
+
+from ..compiler.state import CompileState, PassResult
 from ..data import cap
+from ..train.causal import text_batches
+from .decoder import prune_decoder
+from . import prune
+from .apply import check_weight_loading, load_pruned, save_pruned
+from .importance import PruneScores, compute_scores
+from .plan import format_plan, make_plan
 
-if TYPE_CHECKING:
-    from ..pipeline import CompileState, PassResult
 
-
-def _student(state: "CompileState") -> torch.nn.Module:
+def student_model(state: CompileState) -> torch.nn.Module:
     if state.model is state.teacher:
         state.model = copy.deepcopy(state.teacher).eval()
     return state.model
 
 
-def importance_batches(state: "CompileState") -> list[dict[str, torch.Tensor]]:
+def importance_batches(state: CompileState) -> list[dict[str, torch.Tensor]]:
     """Labelled train batches for importance scores (deterministic sample)."""
     cfg = state.recipe.student
     sample = cap(state.splits.train, cfg.importance_batches * cfg.importance_batch_size, cfg.importance_batches)
@@ -37,9 +43,8 @@ def importance_batches(state: "CompileState") -> list[dict[str, torch.Tensor]]:
     return out
 
 
-def plan_text(state: "CompileState") -> str:
+def plan_text(state: CompileState) -> str:
     """The dry run for `edgekit compile --plan`: what would be cut, per layer, before anything runs."""
-    from ..prune import PruneScores, compute_scores, format_plan, make_plan
 
     cfg = state.recipe.prune
     needs_data = cfg.layer_strategy == "importance" or (cfg.heads_to_keep is not None and cfg.head_score == "gradient") \
@@ -51,24 +56,19 @@ def plan_text(state: "CompileState") -> str:
     return format_plan(plan, state.model, seq_len=state.recipe.max_length) + note
 
 
-def check_plan_fits(state: "CompileState") -> None:
+def check_plan_fits(state: CompileState) -> None:
     """Refuse a prune config the teacher cannot take (too many layers / heads) before any training.
 
     Plans with weight-only scores, which run the same checks as the real plan without task data.
     """
-    import dataclasses
 
-    from ..prune import compute_scores, make_plan
 
     cfg = dataclasses.replace(state.recipe.prune, layer_strategy="uniform", head_score="variance",
                               ffn_score="magnitude")
     make_plan(state.model, cfg, compute_scores(state.model, cfg))
 
 
-def pass_prune(state: "CompileState") -> "PassResult":
-    from ..pipeline import PassResult
-    from ..prune import check_weight_loading, format_plan, load_pruned, prune, save_pruned
-
+def pass_prune(state: CompileState) -> PassResult:
     cfg = state.recipe.prune
     cfg.require_something()
     teacher = state.model  # the model as it stands (the teacher, or a student distilled first)
@@ -85,7 +85,6 @@ def pass_prune(state: "CompileState") -> "PassResult":
         probe = {k: v for k, v in batches[0].items() if k != "labels"}
         diff = float((reloaded(**probe).logits - student.eval()(**probe).logits).abs().max())
     if diff > 1e-5 or missing:
-        from edgekit_runtime.errors import EdgekitError
 
         raise EdgekitError(f"the pruned student does not reload faithfully (max |logit diff| {diff:.3g}, missing "
                            f"keys {missing[:5]}). Fix: report this model type; pruning it is not supported yet.")
@@ -100,40 +99,16 @@ def pass_prune(state: "CompileState") -> "PassResult":
     return PassResult(figures=figures, notes=table.splitlines()[-3:])
 
 
-def pass_distill(state: "CompileState") -> "PassResult":
-    from ..pipeline import PassResult
-    from ..train.finetune import evaluate
-    from ..train.loop import distill_train
-
-    student = _student(state)
-    val = state.splits.validation
-    result = distill_train(
-        student, state.teacher, state.adapter, state.tokenizer, state.splits.train, val, state.recipe.distill,
-        state.recipe.student_train, state.recipe.max_length, state.workdir / "distill", resume=state.resume,
-        eval_fn=lambda: evaluate(student, state.adapter, state.tokenizer, val, state.recipe.max_length))
-    state.model = student.eval()
-    state.extra_files["training/student_loss_curve.jsonl"] = result.curve_path
-    figures = {"steps": result.steps, "seconds": round(result.seconds, 1), "best_validation": result.best_metric,
-               "stopped_early": result.stopped_early, "resumed_from": result.resumed_from,
-               "teacher_cache_bytes": result.teacher_cache_bytes, "history": result.history,
-               "alerts": result.alerts}
-    state.figures.setdefault("compression", {}).update(distill=figures)
-    return PassResult(figures=figures, notes=list(result.alerts))
-
-
-def pass_evaluate_student(state: "CompileState") -> "PassResult":
-    from ..pipeline import PassResult
-    from ..train.finetune import predict
-
-    test = state.splits.test
-    logits = predict(state.model, state.adapter, state.tokenizer, test, state.recipe.max_length)
-    metrics = state.adapter.metrics(logits, np.asarray(test.labels))
-    teacher = state.figures["quality"]["teacher_pytorch"]
-    headline = next(iter(metrics))
-    retention = metrics[headline] / teacher[headline] if teacher[headline] else float("nan")
-    params = sum(p.numel() for p in state.model.parameters())
-    state.figures["quality"]["student_pytorch"] = metrics
-    state.figures["quality"]["student_retention"] = round(retention, 4)
-    return PassResult(changed=False, figures={"student_pytorch": metrics, "retention": retention,
-                                              "parameters": params},
-                      notes=[f"student test {headline} {metrics[headline]:.4f} = {retention:.1%} of the teacher's"])
+def pass_prune_lm(state: CompileState) -> PassResult:
+    """GQA-aware cut of a copy of the teacher: blocks by angular importance, KV groups or query heads,
+    SwiGLU channels (deterministic, so a resumed compile cuts the same student again)."""
+    cfg = state.recipe.prune
+    student = copy.deepcopy(state.teacher)
+    batches = [{**b, "labels": b["input_ids"].masked_fill(b["attention_mask"] == 0, -100)}
+               for b in text_batches(state.tokenizer, state.splits.train[:256], state.recipe.max_length, 16)]
+    student, report = prune_decoder(student, cfg, batches)
+    state.echo("\n".join("      " + line for line in str(report).splitlines()))
+    state.model = student
+    before, after = report.params
+    return PassResult(figures={"params_before": before, "params_after": after,
+                               "param_ratio": round(after / before, 4)})
