@@ -14,7 +14,7 @@ class RecipeError(EdgekitError):
     """A recipe value is invalid."""
 
 
-def _require(ok: bool, section: str, key: str, value: Any, reason: str, fix: str) -> None:
+def require(ok: bool, section: str, key: str, value: Any, reason: str, fix: str) -> None:
     if not ok:
         raise RecipeError(f"recipe [{section}] {key} = {value!r}: {reason}. Fix: {fix}")
 

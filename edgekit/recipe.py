@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
 
-from .config import RecipeError, build_config, require as _require
+from .config import RecipeError, build_config, require
 from .distill.causal import CausalDistillConfig
 from .distill.losses import DistillConfig, LogitKDConfig
 from .distill.schedules import Schedule
@@ -43,11 +43,11 @@ class DataConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "split", tuple(float(x) for x in self.split))
-        _require(len(self.split) == 3 and all(x > 0 for x in self.split) and abs(sum(self.split) - 1) < 1e-6,
+        require(len(self.split) == 3 and all(x > 0 for x in self.split) and abs(sum(self.split) - 1) < 1e-6,
                  "data", "split", self.split, "needs three positive fractions summing to 1", "e.g. split = [0.8, 0.1, 0.1]")
         for key in ("max_train", "max_validation", "max_test"):
             value = getattr(self, key)
-            _require(value is None or value > 0, "data", key, value, "must be positive", "remove it or set a positive count")
+            require(value is None or value > 0, "data", key, value, "must be positive", "remove it or set a positive count")
 
 
 @dataclass(frozen=True)
@@ -67,16 +67,16 @@ class FinetuneConfig:
     seed: int = 0
 
     def __post_init__(self):
-        _require(self.epochs > 0, "finetune", "epochs", self.epochs, "must be positive", "set e.g. epochs = 3")
-        _require(self.max_steps is None or self.max_steps > 0, "finetune", "max_steps", self.max_steps,
+        require(self.epochs > 0, "finetune", "epochs", self.epochs, "must be positive", "set e.g. epochs = 3")
+        require(self.max_steps is None or self.max_steps > 0, "finetune", "max_steps", self.max_steps,
                  "must be positive", "remove it to train by epochs, or set e.g. max_steps = 400")
-        _require(self.batch_size > 0, "finetune", "batch_size", self.batch_size, "must be positive", "set e.g. 16")
-        _require(self.grad_accum > 0, "finetune", "grad_accum", self.grad_accum, "must be positive", "set 1 for none")
-        _require(0 < self.learning_rate < 1, "finetune", "learning_rate", self.learning_rate,
+        require(self.batch_size > 0, "finetune", "batch_size", self.batch_size, "must be positive", "set e.g. 16")
+        require(self.grad_accum > 0, "finetune", "grad_accum", self.grad_accum, "must be positive", "set 1 for none")
+        require(0 < self.learning_rate < 1, "finetune", "learning_rate", self.learning_rate,
                  "must be in (0, 1)", "use e.g. 5e-5 for a BERT-class model")
-        _require(0 <= self.warmup_ratio < 1, "finetune", "warmup_ratio", self.warmup_ratio, "must be in [0, 1)", "use 0.1")
-        _require(self.weight_decay >= 0, "finetune", "weight_decay", self.weight_decay, "must be >= 0", "use 0.01")
-        _require(self.eval_every >= 0, "finetune", "eval_every", self.eval_every, "must be >= 0", "0 = per epoch")
+        require(0 <= self.warmup_ratio < 1, "finetune", "warmup_ratio", self.warmup_ratio, "must be in [0, 1)", "use 0.1")
+        require(self.weight_decay >= 0, "finetune", "weight_decay", self.weight_decay, "must be >= 0", "use 0.01")
+        require(self.eval_every >= 0, "finetune", "eval_every", self.eval_every, "must be >= 0", "0 = per epoch")
 
 
 @dataclass(frozen=True)
@@ -91,10 +91,10 @@ class StudentConfig:
 
     def __post_init__(self):
         object.__setattr__(self, "order", tuple(self.order))
-        _require(set(self.order) <= set(STUDENT_STAGES) and len(set(self.order)) == len(self.order),
+        require(set(self.order) <= set(STUDENT_STAGES) and len(set(self.order)) == len(self.order),
                  "student", "order", self.order, f"stages must be distinct names from {list(STUDENT_STAGES)}",
                  'use order = ["prune", "distill"] (default) or ["distill", "prune"]')
-        _require(self.importance_batches > 0 and self.importance_batch_size > 0, "student", "importance_batches",
+        require(self.importance_batches > 0 and self.importance_batch_size > 0, "student", "importance_batches",
                  self.importance_batches, "must be positive", "use 16")
 
 
@@ -116,18 +116,18 @@ class QuantizeConfig:
     gate: GateConfig = field(default_factory=GateConfig)
 
     def __post_init__(self):
-        _require(self.method in QUANT_METHODS, "quantize", "method", self.method,
+        require(self.method in QUANT_METHODS, "quantize", "method", self.method,
                  f"must be one of {list(QUANT_METHODS)}", 'use "qat" for the best int8 accuracy, or "none"')
-        _require(self.format in (None, "qdq", "qoperator"), "quantize", "format", self.format,
+        require(self.format in (None, "qdq", "qoperator"), "quantize", "format", self.format,
                  "must be qdq or qoperator", "leave it out to use the profile's int8_format")
-        _require(not (self.method == "qat" and self.format == "qoperator"), "quantize", "format", self.format,
+        require(not (self.method == "qat" and self.format == "qoperator"), "quantize", "format", self.format,
                  "QAT exports QuantizeLinear/DequantizeLinear (qdq) only", 'leave format out or set "qdq"')
-        _require(not (self.method == "ptq-dynamic" and self.format == "qdq"), "quantize", "format", self.format,
+        require(not (self.method == "ptq-dynamic" and self.format == "qdq"), "quantize", "format", self.format,
                  "dynamic quantization quantizes activations at run time (QOperator-style ops)",
                  'leave format out, or use method = "ptq-static" for qdq')
-        _require(self.calibration_samples > 0, "quantize", "calibration_samples", self.calibration_samples,
+        require(self.calibration_samples > 0, "quantize", "calibration_samples", self.calibration_samples,
                  "must be positive", "use 256")
-        _require(self.qat_teacher in ("fp32", "teacher"), "quantize", "qat_teacher", self.qat_teacher,
+        require(self.qat_teacher in ("fp32", "teacher"), "quantize", "qat_teacher", self.qat_teacher,
                  "must be fp32 or teacher", 'use "fp32" (distil from the model before QAT)')
 
     def resolved_format(self, profile_format: str | None) -> str | None:
@@ -147,7 +147,7 @@ class ExportConfig:
     precision: str | None = None  # None = fp32 graph; the profile must allow it
 
     def __post_init__(self):
-        _require(self.precision in (None, "fp32"), "export", "precision", self.precision,
+        require(self.precision in (None, "fp32"), "export", "precision", self.precision,
                  "this version exports fp32 graphs only (fp16 is the TensorRT engine's job, int8 comes with QAT)",
                  "remove it or set precision = \"fp32\"")
 
@@ -163,7 +163,7 @@ class RewriteConfig:
     def __post_init__(self):
         if self.rules is not None:
             object.__setattr__(self, "rules", tuple(self.rules))
-        _require(self.measure_samples > 0, "rewrite", "measure_samples", self.measure_samples, "must be positive", "use 512")
+        require(self.measure_samples > 0, "rewrite", "measure_samples", self.measure_samples, "must be positive", "use 512")
 
 
 @dataclass(frozen=True)
@@ -177,9 +177,9 @@ class ValidateConfig:
     def __post_init__(self):
         object.__setattr__(self, "batch_sizes", tuple(self.batch_sizes))
         object.__setattr__(self, "lengths", tuple(self.lengths))
-        _require(bool(self.batch_sizes) and min(self.batch_sizes) > 0, "validate", "batch_sizes", self.batch_sizes,
+        require(bool(self.batch_sizes) and min(self.batch_sizes) > 0, "validate", "batch_sizes", self.batch_sizes,
                  "needs positive batch sizes", "e.g. [1, 4, 16]")
-        _require(bool(self.lengths) and min(self.lengths) > 1, "validate", "lengths", self.lengths,
+        require(bool(self.lengths) and min(self.lengths) > 1, "validate", "lengths", self.lengths,
                  "needs lengths > 1", "e.g. [16, 64, 128]")
 
 
@@ -216,9 +216,9 @@ class Recipe:
     bundle: BundleConfig = field(default_factory=BundleConfig)
 
     def __post_init__(self):
-        _require(1 < self.max_length <= 4096, "recipe", "max_length", self.max_length,
+        require(1 < self.max_length <= 4096, "recipe", "max_length", self.max_length,
                  "must be in 2..4096", "use 128 for short texts")
-        _require(self.threads is None or self.threads > 0, "recipe", "threads", self.threads, "must be positive", "remove it")
+        require(self.threads is None or self.threads > 0, "recipe", "threads", self.threads, "must be positive", "remove it")
 
     @property
     def is_demo(self) -> bool:
@@ -243,7 +243,7 @@ class LMDataConfig:
         object.__setattr__(self, "split", tuple(float(x) for x in self.split))
         for key in ("max_train", "max_eval"):
             value = getattr(self, key)
-            _require(value is None or value > 0, "data", key, value, "must be positive", "remove it or set a count")
+            require(value is None or value > 0, "data", key, value, "must be positive", "remove it or set a count")
 
 
 @dataclass(frozen=True)
@@ -255,7 +255,7 @@ class LMFinetuneConfig:
     learning_rate: float = 5e-5
 
     def __post_init__(self):
-        _require(self.steps >= 0, "finetune", "steps", self.steps, "must be >= 0", "use 0 to skip")
+        require(self.steps >= 0, "finetune", "steps", self.steps, "must be >= 0", "use 0 to skip")
 
 
 @dataclass(frozen=True)
@@ -270,12 +270,12 @@ class LMDistillStage:
     loss: CausalDistillConfig = field(default_factory=CausalDistillConfig)
 
     def __post_init__(self):
-        _require(self.steps > 0, "distill", "steps", self.steps, "must be positive", "use e.g. 300")
-        _require(self.max_texts is None or self.max_texts > 0, "distill", "max_texts", self.max_texts,
+        require(self.steps > 0, "distill", "steps", self.steps, "must be positive", "use e.g. 300")
+        require(self.max_texts is None or self.max_texts > 0, "distill", "max_texts", self.max_texts,
                  "must be positive", "remove it to use every training text")
-        _require(self.teacher_cache_top_k is None or self.teacher_cache_top_k > 0, "distill",
+        require(self.teacher_cache_top_k is None or self.teacher_cache_top_k > 0, "distill",
                  "teacher_cache_top_k", self.teacher_cache_top_k, "must be positive", "use e.g. 64, or remove it")
-        _require(not (self.teacher_cache_top_k and self.loss.sequence_kd), "distill", "teacher_cache_top_k",
+        require(not (self.teacher_cache_top_k and self.loss.sequence_kd), "distill", "teacher_cache_top_k",
                  self.teacher_cache_top_k, "sequence-level KD needs the live teacher to generate",
                  "drop teacher_cache_top_k or set loss.sequence_kd = false")
 
@@ -290,9 +290,9 @@ class LMQuantizeConfig:
     max_ppl_increase: float = 0.05    # the int8 gate: graph perplexity <= (1 + this) x the fp32 student's
 
     def __post_init__(self):
-        _require(self.method in ("qat", "none"), "quantize", "method", self.method, "must be qat or none",
+        require(self.method in ("qat", "none"), "quantize", "method", self.method, "must be qat or none",
                  'use "qat" for int8, "none" for fp32')
-        _require(self.max_ppl_increase >= 0, "quantize", "max_ppl_increase", self.max_ppl_increase,
+        require(self.max_ppl_increase >= 0, "quantize", "max_ppl_increase", self.max_ppl_increase,
                  "must be >= 0", "use 0.05 (5%)")
 
     def resolved_format(self, profile_format: str | None) -> str | None:
@@ -330,10 +330,10 @@ class LMRecipe:
     bundle: BundleConfig = field(default_factory=BundleConfig)
 
     def __post_init__(self):
-        _require(bool(self.teacher), "recipe", "teacher", self.teacher, "a causal-LM compile needs a teacher",
+        require(bool(self.teacher), "recipe", "teacher", self.teacher, "a causal-LM compile needs a teacher",
                  "pass --teacher DIR (a local Hugging Face Qwen2 / Llama directory)")
-        _require(1 < self.max_length <= 8192, "recipe", "max_length", self.max_length, "must be in 2..8192", "use 128")
-        _require(self.task == "causal-lm", "recipe", "task", self.task, "this recipe type is the causal LM's",
+        require(1 < self.max_length <= 8192, "recipe", "max_length", self.max_length, "must be in 2..8192", "use 128")
+        require(self.task == "causal-lm", "recipe", "task", self.task, "this recipe type is the causal LM's",
                  'use task = "causal-lm", or the Recipe of the other tasks')
 
     def to_dict(self) -> dict[str, Any]:

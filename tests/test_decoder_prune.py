@@ -9,8 +9,9 @@ import pytest
 import torch
 
 from edgekit.models.decoder import DecoderError
-from edgekit.prune.decoder import (DecoderPruneConfig, apply, compute_scores, group_importance, layer_importance,
-                                   plan, prune_decoder, save_pruned_decoder)
+from edgekit.prune.config import DecoderPruneConfig
+from edgekit.prune.decoder import apply, compute_scores, group_importance, plan, prune_decoder, save_pruned_decoder
+from edgekit.prune.decoder_importance import layer_importance
 from edgekit.models.toy import tiny_config
 
 VOCAB, PAD, DH = 96, 1, 16

@@ -12,7 +12,8 @@ from edgekit.prune import (PruneConfig, PruneError, PrunePlan, PruneScores, appl
                            check_weight_loading, compute_scores, ffn_importance_taylor, format_plan, gates,
                            head_importance_gradient, load_pruned, make_plan, needs_custom_code, save_pruned,
                            uniform_layers, weight_loading_report)
-from edgekit.models.encoder import encoder_layers, get_module, layer_shapes
+from edgekit.models.arch import get_module
+from edgekit.models.encoder import encoder_layers, layer_shapes
 
 HIDDEN, HEADS, FFN, DH = 32, 4, 64, 8
 

@@ -9,7 +9,8 @@ from onnx import TensorProto, helper, numpy_helper
 
 from edgekit.export.graph import GraphIndex, remove_dead_nodes
 from edgekit.export.opcheck import op_histogram
-from edgekit.export.rewrite import RULES, RewriteError, apply_rules, get_rule, simplify
+from edgekit.export.rewrite import apply_rules, get_rule, simplify
+from edgekit.export.rules.base import RULES, RewriteError
 from edgekit_runtime.errors import EdgekitError
 from onnx_fixtures import export_tiny, run_onnx, single_op_model, tiny_inputs
 

@@ -154,7 +154,8 @@ def clean_text(s: str) -> str:
 # ---------------------------------------------------------------- reading files
 
 
-def _resolve_format(path: Path, fmt: str | None) -> str:
+def resolve_format(path: Path, fmt: str | None) -> str:
+    """The file format: ``fmt`` checked, or (None) the one ``path``'s extension names."""
     if fmt is None:
         fmt = _EXTENSIONS.get(path.suffix.lower())
         if fmt is None:
@@ -172,7 +173,8 @@ def _resolve_format(path: Path, fmt: str | None) -> str:
     return fmt
 
 
-def _decode(path: Path, data: bytes, encoding: str | None) -> tuple[str, str]:
+def decode_text(path: Path, data: bytes, encoding: str | None) -> tuple[str, str]:
+    """(text, encoding used): ``encoding`` when given, else UTF-8 (BOM aware), then the fallbacks."""
     if encoding is not None:
         try:
             return data.decode(encoding), encoding
@@ -200,7 +202,8 @@ def _decode(path: Path, data: bytes, encoding: str | None) -> tuple[str, str]:
     raise AssertionError("latin-1 decodes every byte string")  # unreachable
 
 
-def _missing_column(kind: str, name: str, flag: str, columns: Sequence[str], path: Path) -> DataError:
+def missing_column(kind: str, name: str, flag: str, columns: Sequence[str], path: Path) -> DataError:
+    """The error for a missing ``kind`` column: the columns found, a near match, the flag to pass."""
     found = ", ".join(repr(c) for c in columns) or "none"
     close = [c for c in columns if c.strip().lower() == name.strip().lower()]
     hint = f" (did you mean {close[0]!r}?)" if close else ""
@@ -210,7 +213,8 @@ def _missing_column(kind: str, name: str, flag: str, columns: Sequence[str], pat
     )
 
 
-def _read_delimited(path: Path, text: str, delimiter: str) -> tuple[list[str], list[dict]]:
+def read_delimited(path: Path, text: str, delimiter: str) -> tuple[list[str], list[dict]]:
+    """(columns, rows) of csv / tsv ``text``, which must have a header row."""
     reader = csv.DictReader(io.StringIO(text, newline=""), delimiter=delimiter)
     try:
         columns = list(reader.fieldnames or [])
@@ -225,7 +229,8 @@ def _read_delimited(path: Path, text: str, delimiter: str) -> tuple[list[str], l
     return columns, rows
 
 
-def _read_jsonl(path: Path, text: str) -> tuple[list[str], list[dict]]:
+def read_jsonl(path: Path, text: str) -> tuple[list[str], list[dict]]:
+    """(columns in first-seen order, rows) of JSON-lines ``text``: one object per non-blank line."""
     columns: dict[str, None] = {}
     rows = []
     for line_no, line in enumerate(text.splitlines(), start=1):
@@ -282,20 +287,20 @@ def load_labelled(
     path = Path(path)
     if not isinstance(min_chars, int) or min_chars < 1:
         raise DataError(f"min_chars={min_chars!r} must be an integer >= 1; pass 1 to keep every non-empty text.")
-    fmt = _resolve_format(path, format)
+    fmt = resolve_format(path, format)
     if not path.is_file():
         what = "is a directory" if path.is_dir() else "does not exist"
         raise DataError(f"dataset file {str(path)!r} {what}; pass the path of a {fmt} file with a header of column names.")
-    raw, used_encoding = _decode(path, path.read_bytes(), encoding)
+    raw, used_encoding = decode_text(path, path.read_bytes(), encoding)
 
     if fmt == "jsonl":
-        columns, rows = _read_jsonl(path, raw)
+        columns, rows = read_jsonl(path, raw)
     else:
-        columns, rows = _read_delimited(path, raw, "," if fmt == "csv" else "\t")
+        columns, rows = read_delimited(path, raw, "," if fmt == "csv" else "\t")
     if text_column not in columns:
-        raise _missing_column("text", text_column, "--text-column", columns, path)
+        raise missing_column("text", text_column, "--text-column", columns, path)
     if label_column not in columns:
-        raise _missing_column("label", label_column, "--label-column", columns, path)
+        raise missing_column("label", label_column, "--label-column", columns, path)
 
     dropped: Counter[str] = Counter()
     repaired = mojibake = 0

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .loading import DataError, _decode, _missing_column, _read_delimited, _read_jsonl, _resolve_format, clean_text
+from .demo import demo_corpus_path
+from .loading import DataError, clean_text, decode_text, missing_column, read_delimited, read_jsonl, resolve_format
 
 
 @dataclass(frozen=True)
@@ -28,23 +29,21 @@ def load_texts(path: str | Path | None = None, text_column: str = "text", *, enc
                min_chars: int = 8) -> tuple[list[str], str]:
     """The cleaned, deduplicated texts of ``path`` (None: the packaged demo corpus) and the encoding read."""
     if path is None:
-        from .demo import demo_corpus_path
-
         path = demo_corpus_path()
     path = Path(path)
     if not path.is_file():
         what = "is a directory" if path.is_dir() else "does not exist"
         raise DataError(f"text file {str(path)!r} {what}. Fix: pass a .txt (one document per line), .csv, .tsv "
                         f"or .jsonl file.")
-    raw, used = _decode(path, path.read_bytes(), encoding)
+    raw, used = decode_text(path, path.read_bytes(), encoding)
     if path.suffix.lower() == ".txt":
         texts = raw.splitlines()
     else:
-        fmt = _resolve_format(path, None)
-        columns, rows = _read_jsonl(path, raw) if fmt == "jsonl" else _read_delimited(
+        fmt = resolve_format(path, None)
+        columns, rows = read_jsonl(path, raw) if fmt == "jsonl" else read_delimited(
             path, raw, "," if fmt == "csv" else "\t")
         if text_column not in columns:
-            raise _missing_column("text", text_column, "--text-column", columns, path)
+            raise missing_column("text", text_column, "--text-column", columns, path)
         texts = [r.get(text_column) for r in rows]
     seen: set[str] = set()
     out = []

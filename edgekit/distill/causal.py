@@ -39,7 +39,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from ..config import _require
+from ..config import require
 from .schedules import Schedule
 
 KINDS = ("forward", "reverse", "js")
@@ -81,34 +81,34 @@ class CausalDistillConfig:
         where = "distill.causal"
         object.__setattr__(self, "temperature", _schedule(self.temperature))
         t = self.temperature
-        _require(isinstance(t, Schedule), where, "temperature", t, "must be a Schedule",
-                 'use Schedule(2.0, 1.0, "linear") or {"start": 2.0, "end": 1.0}')
-        _require(min(t.start, t.end) > 0, where, "temperature", (t.start, t.end), "temperatures must be positive",
-                 "use e.g. start = 2.0, end = 1.0")
-        _require(self.kind in KINDS, where, "kind", self.kind, f"must be one of {list(KINDS)}",
-                 'use "forward" (KL(teacher || student)), "reverse" (KL(student || teacher)) or "js"')
-        _require(0.0 <= self.alpha <= 1.0, where, "alpha", self.alpha, "must lie in [0, 1]",
-                 "use 0.5 (half KD, half next-token CE), 1.0 for KD only, 0.0 for CE only")
-        _require(0.0 < self.js_beta < 1.0, where, "js_beta", self.js_beta, "must lie in (0, 1)",
-                 "use 0.5 (the symmetric Jensen-Shannon divergence)")
-        _require(self.top_k is None or (isinstance(self.top_k, int) and self.top_k >= 1), where, "top_k",
-                 self.top_k, "must be a positive integer or None", "use e.g. 64, or None for full teacher logits")
-        _require(isinstance(self.generations, int) and self.generations >= 1, where, "generations",
-                 self.generations, "must be a positive integer", "use 1 (one teacher continuation per text)")
-        _require(isinstance(self.generation_tokens, int) and self.generation_tokens >= 1, where,
-                 "generation_tokens", self.generation_tokens, "must be a positive integer", "use e.g. 64")
-        _require(self.sample or self.generations == 1, where, "generations", self.generations,
-                 "greedy decoding gives the same continuation every time",
-                 "set sample = True for several continuations per text, or generations = 1")
-        _require(0.0 <= self.warmup_fraction < 1.0, where, "warmup_fraction", self.warmup_fraction,
-                 "must be in [0, 1)", "use 0.05 (5% of the steps)")
-        _require(self.lr_decay in LR_DECAYS, where, "lr_decay", self.lr_decay, f"must be one of {list(LR_DECAYS)}",
-                 'use "linear" or "cosine"')
-        _require(self.max_grad_norm > 0, where, "max_grad_norm", self.max_grad_norm, "must be positive", "use 1.0")
-        _require(self.weight_decay >= 0, where, "weight_decay", self.weight_decay, "must be non-negative",
-                 "use 0.01")
-        _require(isinstance(self.log_every, int) and self.log_every >= 1, where, "log_every", self.log_every,
-                 "must be a positive integer", "use 10")
+        require(isinstance(t, Schedule), where, "temperature", t, "must be a Schedule",
+                'use Schedule(2.0, 1.0, "linear") or {"start": 2.0, "end": 1.0}')
+        require(min(t.start, t.end) > 0, where, "temperature", (t.start, t.end), "temperatures must be positive",
+                "use e.g. start = 2.0, end = 1.0")
+        require(self.kind in KINDS, where, "kind", self.kind, f"must be one of {list(KINDS)}",
+                'use "forward" (KL(teacher || student)), "reverse" (KL(student || teacher)) or "js"')
+        require(0.0 <= self.alpha <= 1.0, where, "alpha", self.alpha, "must lie in [0, 1]",
+                "use 0.5 (half KD, half next-token CE), 1.0 for KD only, 0.0 for CE only")
+        require(0.0 < self.js_beta < 1.0, where, "js_beta", self.js_beta, "must lie in (0, 1)",
+                "use 0.5 (the symmetric Jensen-Shannon divergence)")
+        require(self.top_k is None or (isinstance(self.top_k, int) and self.top_k >= 1), where, "top_k",
+                self.top_k, "must be a positive integer or None", "use e.g. 64, or None for full teacher logits")
+        require(isinstance(self.generations, int) and self.generations >= 1, where, "generations",
+                self.generations, "must be a positive integer", "use 1 (one teacher continuation per text)")
+        require(isinstance(self.generation_tokens, int) and self.generation_tokens >= 1, where,
+                "generation_tokens", self.generation_tokens, "must be a positive integer", "use e.g. 64")
+        require(self.sample or self.generations == 1, where, "generations", self.generations,
+                "greedy decoding gives the same continuation every time",
+                "set sample = True for several continuations per text, or generations = 1")
+        require(0.0 <= self.warmup_fraction < 1.0, where, "warmup_fraction", self.warmup_fraction,
+                "must be in [0, 1)", "use 0.05 (5% of the steps)")
+        require(self.lr_decay in LR_DECAYS, where, "lr_decay", self.lr_decay, f"must be one of {list(LR_DECAYS)}",
+                'use "linear" or "cosine"')
+        require(self.max_grad_norm > 0, where, "max_grad_norm", self.max_grad_norm, "must be positive", "use 1.0")
+        require(self.weight_decay >= 0, where, "weight_decay", self.weight_decay, "must be non-negative",
+                "use 0.01")
+        require(isinstance(self.log_every, int) and self.log_every >= 1, where, "log_every", self.log_every,
+                "must be a positive integer", "use 10")
 
 
 def model_inputs(input_ids: torch.Tensor, attention_mask: torch.Tensor) -> dict[str, torch.Tensor]:

@@ -25,7 +25,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..config import _require
+from ..config import require
 from .schedules import Schedule
 
 
@@ -49,11 +49,11 @@ class LogitKDConfig:
     def __post_init__(self):
         object.__setattr__(self, "temperature", _schedule(self.temperature))
         t = self.temperature
-        _require(min(t.start, t.end) > 0, "distill.logits", "temperature", (t.start, t.end),
-                 "temperatures must be positive", "use e.g. start = 4.0, end = 1.0")
-        _require(self.kind in LOGIT_KD_KINDS, "distill.logits", "kind", self.kind,
-                 f"must be one of {list(LOGIT_KD_KINDS)}",
-                 'use "forward_kl" (KL(teacher || student) at the temperature), or "mse" (raw logits)')
+        require(min(t.start, t.end) > 0, "distill.logits", "temperature", (t.start, t.end),
+                "temperatures must be positive", "use e.g. start = 4.0, end = 1.0")
+        require(self.kind in LOGIT_KD_KINDS, "distill.logits", "kind", self.kind,
+                f"must be one of {list(LOGIT_KD_KINDS)}",
+                'use "forward_kl" (KL(teacher || student) at the temperature), or "mse" (raw logits)')
 
 
 @dataclass(frozen=True)
@@ -67,12 +67,12 @@ class HiddenStateConfig:
         if self.layer_map is not None:
             pairs = tuple(tuple(p) for p in self.layer_map)
             object.__setattr__(self, "layer_map", pairs)
-            _require(bool(pairs) and all(len(p) == 2 and min(p) >= 0 for p in pairs), "distill.hidden", "layer_map",
-                     pairs, "needs (student, teacher) pairs of non-negative hidden-state indices", "e.g. [[1, 3], [2, 6]]")
-            _require(len({s for s, _ in pairs}) == len(pairs), "distill.hidden", "layer_map", pairs,
-                     "maps a student layer twice", "give each student layer one teacher layer")
-        _require(self.weight > 0, "distill.hidden", "weight", self.weight, "must be positive",
-                 "use 1.0, or set hidden = None to turn the loss off")
+            require(bool(pairs) and all(len(p) == 2 and min(p) >= 0 for p in pairs), "distill.hidden", "layer_map",
+                    pairs, "needs (student, teacher) pairs of non-negative hidden-state indices", "e.g. [[1, 3], [2, 6]]")
+            require(len({s for s, _ in pairs}) == len(pairs), "distill.hidden", "layer_map", pairs,
+                    "maps a student layer twice", "give each student layer one teacher layer")
+        require(self.weight > 0, "distill.hidden", "weight", self.weight, "must be positive",
+                "use 1.0, or set hidden = None to turn the loss off")
 
 
 @dataclass(frozen=True)
@@ -88,10 +88,10 @@ class AttentionConfig:
     def __post_init__(self):
         if self.layers is not None:
             object.__setattr__(self, "layers", tuple(self.layers))
-            _require(bool(self.layers), "distill.attention", "layers", self.layers, "is empty",
-                     "list student layers, e.g. [-1], or None for all")
-        _require(self.weight > 0, "distill.attention", "weight", self.weight, "must be positive",
-                 "use 0.1, or set attention = None to turn the loss off")
+            require(bool(self.layers), "distill.attention", "layers", self.layers, "is empty",
+                    "list student layers, e.g. [-1], or None for all")
+        require(self.weight > 0, "distill.attention", "weight", self.weight, "must be positive",
+                "use 0.1, or set attention = None to turn the loss off")
 
 
 @dataclass(frozen=True)
@@ -111,10 +111,10 @@ class DistillConfig:
             if isinstance(getattr(self, name), Mapping):
                 object.__setattr__(self, name, cls(**getattr(self, name)))
         w = self.task_weight
-        _require(0 <= min(w.start, w.end) and max(w.start, w.end) <= 1, "distill", "task_weight", (w.start, w.end),
-                 "task weights must lie in [0, 1]", "use e.g. start = 0.3, end = 0.6")
-        _require(0 <= self.soft_only_fraction < 1, "distill", "soft_only_fraction", self.soft_only_fraction,
-                 "must be in [0, 1)", "use 0.2 (first 20% of steps on soft targets only), or 0 to mix from the start")
+        require(0 <= min(w.start, w.end) and max(w.start, w.end) <= 1, "distill", "task_weight", (w.start, w.end),
+                "task weights must lie in [0, 1]", "use e.g. start = 0.3, end = 0.6")
+        require(0 <= self.soft_only_fraction < 1, "distill", "soft_only_fraction", self.soft_only_fraction,
+                "must be in [0, 1)", "use 0.2 (first 20% of steps on soft targets only), or 0 to mix from the start")
 
     def task_weight_at(self, step: int, total: int) -> float:
         """w_task at 0-based ``step``: 0 in the soft-only phase, then the schedule over the rest."""
@@ -161,9 +161,9 @@ def hidden_layer_map(cfg: HiddenStateConfig, n_student: int, n_teacher: int) -> 
     if cfg.layer_map is None:
         return tuple((s, math.floor(s * n_teacher / n_student + 0.5)) for s in range(1, n_student + 1))
     bad = [p for p in cfg.layer_map if p[0] > n_student or p[1] > n_teacher]
-    _require(not bad, "distill.hidden", "layer_map", cfg.layer_map,
-             f"pairs {bad} exceed the student's {n_student} / teacher's {n_teacher} layers",
-             f"use student indices 0..{n_student} and teacher indices 0..{n_teacher} (0 = embeddings)")
+    require(not bad, "distill.hidden", "layer_map", cfg.layer_map,
+            f"pairs {bad} exceed the student's {n_student} / teacher's {n_teacher} layers",
+            f"use student indices 0..{n_student} and teacher indices 0..{n_teacher} (0 = embeddings)")
     return cfg.layer_map
 
 
@@ -171,8 +171,8 @@ def attention_layer_map(cfg: AttentionConfig, n_student: int, n_teacher: int) ->
     """(student, teacher) 0-based attention layers, mapped evenly (the last layer to the last layer)."""
     layers = range(n_student) if cfg.layers is None else cfg.layers
     bad = [a for a in layers if not -n_student <= a < n_student]
-    _require(not bad, "distill.attention", "layers", cfg.layers, f"{bad} are outside the student's {n_student} layers",
-             f"use 0..{n_student - 1} or negative indices from the end")
+    require(not bad, "distill.attention", "layers", cfg.layers, f"{bad} are outside the student's {n_student} layers",
+            f"use 0..{n_student - 1} or negative indices from the end")
     resolved = sorted({a % n_student for a in layers})
     return tuple((a, math.floor((a + 1) * n_teacher / n_student + 0.5) - 1) for a in resolved)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from ..config import _require
+from ..config import require
 
 SHAPES = ("linear", "cosine", "constant")
 
@@ -27,12 +27,12 @@ class Schedule:
         where = "distill schedule"
         for key in ("start", "end"):
             value = getattr(self, key)
-            _require(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
-                     where, key, value, "must be a finite number", "e.g. start = 4.0, end = 1.0")
-        _require(self.shape in SHAPES, where, "shape", self.shape, f"is not one of {SHAPES}",
-                 'use shape = "linear" (or "cosine", "constant")')
-        _require(self.shape != "constant" or self.start == self.end, where, "end", self.end,
-                 f"a constant schedule cannot change (start = {self.start})", f"set end = {self.start} or use \"linear\"")
+            require(isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
+                    where, key, value, "must be a finite number", "e.g. start = 4.0, end = 1.0")
+        require(self.shape in SHAPES, where, "shape", self.shape, f"is not one of {SHAPES}",
+                'use shape = "linear" (or "cosine", "constant")')
+        require(self.shape != "constant" or self.start == self.end, where, "end", self.end,
+                f"a constant schedule cannot change (start = {self.start})", f"set end = {self.start} or use \"linear\"")
 
     def progress(self, step: int, total_steps: int) -> float:
         """Fraction of the way from start (0.0) to end (1.0) at ``step``."""

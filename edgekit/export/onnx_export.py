@@ -14,7 +14,7 @@ import torch
 
 from edgekit_runtime.errors import EdgekitError
 
-from ..tasks import TaskAdapter
+from ..compiler.adapter import TaskAdapter
 
 OPSET = 13
 

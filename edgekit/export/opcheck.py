@@ -9,7 +9,7 @@ from edgekit_runtime.errors import EdgekitError
 from edgekit_runtime.profile import DeviceProfile
 
 from .graph import STANDARD_DOMAINS, iter_nodes, node_label
-from .rewrite import RULES
+from .rules.base import RULES
 
 
 class OpSupportError(EdgekitError):

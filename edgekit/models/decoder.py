@@ -1,9 +1,10 @@
-"""Where Qwen2- and Llama-class decoders keep the tensors edgekit cuts, quantizes and exports.
+"""Decoder sizes for Qwen2- and Llama-class causal LMs, read through the decoder rows of the
+architecture table (edgekit.models.arch).
 
 Both families share one layout (``model.embed_tokens``, ``model.layers[i].self_attn.{q,k,v,o}_proj``,
 ``model.layers[i].mlp.{gate,up,down}_proj``, ``model.norm``, ``lm_head``); they differ in biases
 (Qwen2: Q/K/V always biased; Llama: ``attention_bias`` / ``mlp_bias``) and in the RoPE variants
-their configs name. Everything in ``edgekit.decoder`` reads sizes through this module.
+their configs name. Export, pruning and distillation read sizes through this module.
 """
 
 from __future__ import annotations
@@ -14,12 +15,11 @@ from torch import nn
 
 from edgekit_runtime.errors import EdgekitError
 
-SUPPORTED = ("qwen2", "llama")
+from .arch import DECODER, ARCHS, ArchSpec, find_arch, get_module, model_type_of, model_types
+
 # fnmatch patterns over qualified module names: every Linear inside a decoder block (Q, K, V, O,
 # gate, up, down). The embedding, the final norm and lm_head stay as they are.
-BLOCK_LINEARS = ("model.layers.*",)
-ATTENTION = ("q_proj", "k_proj", "v_proj", "o_proj")
-MLP = ("gate_proj", "up_proj", "down_proj")
+BLOCK_LINEARS = tuple(sorted({f"{ARCHS[t].layers}.*" for t in model_types(DECODER)}))
 
 
 class DecoderError(EdgekitError):
@@ -46,35 +46,38 @@ class DecoderShape:
         return self.num_heads // self.num_kv_heads
 
 
-def check_supported(model_or_config) -> None:
-    config = getattr(model_or_config, "config", model_or_config)
-    model_type = getattr(config, "model_type", None)
-    if model_type not in SUPPORTED:
-        raise DecoderError(f"causal-LM support covers model_type {', '.join(SUPPORTED)}; got {model_type!r}. "
-                           f"Fix: use a Qwen2 (DeepSeek-R1-Distill-Qwen) or Llama-architecture checkpoint.")
+def check_supported(model_or_config) -> ArchSpec:
+    """The decoder row of the table for a model (or its config); DecoderError for any other model_type."""
+    spec = find_arch(model_or_config, DECODER)
+    if spec is None:
+        raise DecoderError(f"causal-LM support covers model_type {', '.join(model_types(DECODER))}; got "
+                           f"{model_type_of(model_or_config)!r}. Fix: use a Qwen2 (DeepSeek-R1-Distill-Qwen) or "
+                           f"Llama-architecture checkpoint.")
+    return spec
 
 
 def head_dim(config) -> int:
     """Per-head width: ``config.head_dim`` when set (pruned models always set it), else hidden / heads."""
-    value = getattr(config, "head_dim", None)
-    return int(value) if value else config.hidden_size // config.num_attention_heads
+    spec = check_supported(config)
+    value = getattr(config, spec.head_dim_key, None)
+    return int(value) if value else getattr(config, spec.hidden_key) // getattr(config, spec.num_heads_key)
 
 
 def decoder_shape(model_or_config) -> DecoderShape:
     config = getattr(model_or_config, "config", model_or_config)
-    check_supported(config)
-    heads = config.num_attention_heads
-    kv = getattr(config, "num_key_value_heads", None) or heads
+    spec = check_supported(config)
+    heads = getattr(config, spec.num_heads_key)
+    kv = getattr(config, spec.num_kv_heads_key, None) or heads
     if heads % kv:
-        raise DecoderError(f"num_attention_heads={heads} is not a multiple of num_key_value_heads={kv}. "
+        raise DecoderError(f"{spec.num_heads_key}={heads} is not a multiple of {spec.num_kv_heads_key}={kv}. "
                            f"Fix: the checkpoint's config.json is inconsistent; check it.")
-    return DecoderShape(model_type=config.model_type, num_layers=config.num_hidden_layers,
-                        hidden_size=config.hidden_size, num_heads=heads, num_kv_heads=kv, head_dim=head_dim(config),
-                        intermediate_size=config.intermediate_size, vocab_size=config.vocab_size,
+    return DecoderShape(model_type=config.model_type, num_layers=getattr(config, spec.num_layers_key),
+                        hidden_size=getattr(config, spec.hidden_key), num_heads=heads, num_kv_heads=kv,
+                        head_dim=head_dim(config), intermediate_size=getattr(config, spec.intermediate_key),
+                        vocab_size=config.vocab_size,
                         tie_word_embeddings=bool(getattr(config, "tie_word_embeddings", False)))
 
 
 def decoder_layers(model: nn.Module) -> nn.ModuleList:
-    """``model.model.layers`` of a *ForCausalLM."""
-    check_supported(model)
-    return model.model.layers
+    """The blocks of a *ForCausalLM (``model.model.layers``)."""
+    return get_module(model, check_supported(model).layers)

@@ -1,93 +1,30 @@
-"""Where each supported encoder keeps the tensors pruning cuts: the one place with model knowledge.
-
-Paths are dotted attribute paths: model-level ones from the ``*ForSequenceClassification``
-model, the others from one encoder layer. Everything else in ``edgekit.prune`` reads this table.
+"""Encoder sizes and bookkeeping for structured pruning, read through the encoder rows of the
+architecture table (edgekit.models.arch): the layer list, per-layer head counts and FFN widths.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 
 from torch import nn
 
 from edgekit_runtime.errors import EdgekitError
+
+from .arch import ENCODER, ArchSpec, find_arch, get_module, model_type_of, model_types
 
 
 class PruneError(EdgekitError):
     """A prune config, plan or pruned model cannot be used as given."""
 
 
-@dataclass(frozen=True)
-class ArchSpec:
-    base_class: str            # the transformers *ForSequenceClassification class
-    layers: str                # model -> the nn.ModuleList of encoder layers
-    embeddings: str            # model -> the embeddings module (the "embedding" parameters)
-    attention: str             # layer -> the module whose forward splits heads (holds the head-count attrs)
-    query: str
-    key: str
-    value: str
-    out: str                   # layer -> attention output projection (input columns are grouped by head)
-    ffn_in: str
-    ffn_out: str
-    num_layers_key: str        # config keys
-    num_heads_key: str
-    intermediate_key: str
-    hidden_key: str
-    head_count_attrs: tuple[str, ...]   # attention attrs that hold the layer's head count
-    head_width_attrs: tuple[str, ...]   # attention attrs that hold heads * head_dim
-
-    def layout(self) -> dict:
-        """The table row as plain data (written into the generated modeling file)."""
-        return asdict(self)
-
-
-_BERT_LIKE = dict(
-    embeddings="{prefix}.embeddings", layers="{prefix}.encoder.layer", attention="attention.self",
-    query="attention.self.query", key="attention.self.key", value="attention.self.value",
-    out="attention.output.dense", ffn_in="intermediate.dense", ffn_out="output.dense",
-    num_layers_key="num_hidden_layers", num_heads_key="num_attention_heads",
-    intermediate_key="intermediate_size", hidden_key="hidden_size",
-    head_count_attrs=("num_attention_heads",), head_width_attrs=("all_head_size",),
-)
-
-
-def _bert_like(prefix: str, base_class: str) -> ArchSpec:
-    fields = {k: v.format(prefix=prefix) if isinstance(v, str) else v for k, v in _BERT_LIKE.items()}
-    return ArchSpec(base_class=base_class, **fields)
-
-
-ARCHS: dict[str, ArchSpec] = {
-    "bert": _bert_like("bert", "BertForSequenceClassification"),
-    "roberta": _bert_like("roberta", "RobertaForSequenceClassification"),
-    "distilbert": ArchSpec(
-        base_class="DistilBertForSequenceClassification", layers="distilbert.transformer.layer",
-        embeddings="distilbert.embeddings", attention="attention", query="attention.q_lin",
-        key="attention.k_lin", value="attention.v_lin", out="attention.out_lin", ffn_in="ffn.lin1",
-        ffn_out="ffn.lin2", num_layers_key="n_layers", num_heads_key="n_heads", intermediate_key="hidden_dim",
-        hidden_key="dim", head_count_attrs=("n_heads",), head_width_attrs=()),
-}
-
-
 def arch_for(model_or_config) -> ArchSpec:
-    """The table row for a model (or its config); EdgekitError for an unsupported model_type."""
-    config = getattr(model_or_config, "config", model_or_config)
-    model_type = getattr(config, "model_type", None)
-    if model_type not in ARCHS:
-        raise PruneError(f"structured pruning does not support model_type {model_type!r}; supported: "
-                           f"{', '.join(sorted(ARCHS))}. Fix: use a BERT, RoBERTa or DistilBERT "
-                           f"*ForSequenceClassification model, or add a row to edgekit.prune.arch.ARCHS.")
-    return ARCHS[model_type]
-
-
-def get_module(root: nn.Module, path: str) -> nn.Module:
-    for name in path.split("."):
-        root = getattr(root, name)
-    return root
-
-
-def set_module(root: nn.Module, path: str, module: nn.Module) -> None:
-    parent, _, name = path.rpartition(".")
-    setattr(get_module(root, parent) if parent else root, name, module)
+    """The encoder row of the table for a model (or its config); PruneError for any other model_type."""
+    spec = find_arch(model_or_config, ENCODER)
+    if spec is None:
+        raise PruneError(f"structured pruning does not support model_type {model_type_of(model_or_config)!r}; "
+                         f"supported: {', '.join(sorted(model_types(ENCODER)))}. Fix: use a BERT, RoBERTa or "
+                         f"DistilBERT *ForSequenceClassification model, or add a row to edgekit.models.arch.ARCHS.")
+    return spec
 
 
 def encoder_layers(model: nn.Module) -> nn.ModuleList:

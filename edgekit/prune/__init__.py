@@ -1,4 +1,5 @@
-"""Structured pruning that cuts tensors: coupling (arch), importance, plan, cut (apply).
+"""Structured pruning that cuts tensors: config, importance, plan, cut (apply); the model knowledge is
+the architecture table (edgekit.models.arch).
 
     scores = compute_scores(model, cfg, batches)   # what matters
     plan = make_plan(model, cfg, scores)           # how much; print(format_plan(plan, model)) is the dry run
@@ -7,12 +8,14 @@
 
 from __future__ import annotations
 
+from ..models.arch import ARCHS, ArchSpec
+from ..models.encoder import PruneError, arch_for
 from .apply import (apply_plan, check_weight_loading, load_pruned, needs_custom_code, save_pruned,
                     weight_loading_report)
-from ..models.encoder import ARCHS, ArchSpec, PruneError, arch_for
+from .config import PruneConfig
 from .importance import (PruneScores, compute_scores, ffn_importance_magnitude, ffn_importance_taylor, gates,
                          head_importance_gradient, head_importance_variance, layer_importance)
-from .plan import PruneConfig, PrunePlan, format_plan, make_plan, uniform_layers
+from .plan import PrunePlan, format_plan, make_plan, uniform_layers
 
 
 def prune(model, cfg: PruneConfig, batches=None, dry_run: bool = False):

@@ -19,8 +19,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..models.encoder import (ArchSpec, PruneError, arch_for, encoder_layers, get_module, head_dim, set_head_count,
-                   set_module)
+from ..models.arch import ArchSpec, get_module, set_module
+from ..models.encoder import PruneError, arch_for, encoder_layers, head_dim, set_head_count
 from .plan import PrunePlan
 
 MODELING_MODULE = "modeling_edgekit_pruned"
@@ -28,7 +28,7 @@ AUTO_CLASS = "AutoModelForSequenceClassification"
 PER_LAYER_KEYS = ("edgekit_heads_per_layer", "edgekit_intermediate_per_layer")
 
 
-def _slice_linear(linear: nn.Linear, index: torch.Tensor, dim: int) -> nn.Linear:
+def slice_linear(linear: nn.Linear, index: torch.Tensor, dim: int) -> nn.Linear:
     """A new Linear holding only rows (dim 0: output features) or columns (dim 1: inputs) ``index``."""
     weight = linear.weight.detach().index_select(dim, index.to(linear.weight.device))
     new = nn.Linear(weight.shape[1], weight.shape[0], bias=linear.bias is not None,
@@ -50,12 +50,12 @@ def apply_plan(model: nn.Module, plan: PrunePlan) -> nn.Module:
         layer = layers[i]
         rows = torch.cat([torch.arange(h * dh, (h + 1) * dh) for h in heads])
         for path in (spec.query, spec.key, spec.value):
-            set_module(layer, path, _slice_linear(get_module(layer, path), rows, 0))
-        set_module(layer, spec.out, _slice_linear(get_module(layer, spec.out), rows, 1))
+            set_module(layer, path, slice_linear(get_module(layer, path), rows, 0))
+        set_module(layer, spec.out, slice_linear(get_module(layer, spec.out), rows, 1))
         set_head_count(layer, spec, len(heads), dh)
         neurons = torch.tensor(ffn)
-        set_module(layer, spec.ffn_in, _slice_linear(get_module(layer, spec.ffn_in), neurons, 0))
-        set_module(layer, spec.ffn_out, _slice_linear(get_module(layer, spec.ffn_out), neurons, 1))
+        set_module(layer, spec.ffn_in, slice_linear(get_module(layer, spec.ffn_in), neurons, 0))
+        set_module(layer, spec.ffn_out, slice_linear(get_module(layer, spec.ffn_out), neurons, 1))
     kept = nn.ModuleList([layers[i] for i in plan.kept_layers])
     for new_index, layer in enumerate(kept):
         for module in layer.modules():

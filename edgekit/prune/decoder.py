@@ -26,66 +26,12 @@ from pathlib import Path
 import torch
 from torch import Tensor, nn
 
-from edgekit.prune.apply import _slice_linear
-from edgekit.prune.plan import uniform_layers
-
-from ..models.decoder import DecoderError, DecoderShape, decoder_layers, decoder_shape
-from .decoder_importance import (  # noqa: F401
-    Batches,
-    DecoderScores,
-    unit_rows,
-    channel_importance_magnitude,
-    channel_importance_taylor,
-    compute_scores,
-    group_importance,
-    head_importance_magnitude,
-    head_importance_taylor,
-    layer_importance,
-)
-
-LAYER_IMPORTANCE = ("angular", "uniform")
-HEAD_IMPORTANCE = ("taylor", "magnitude")
-CHANNEL_IMPORTANCE = ("taylor", "magnitude")
-COUNTS = ("keep_layers", "kv_groups_keep", "heads_per_group_keep", "intermediate_keep")
-
-
-
-def _bad(key: str, value, fix: str):
-    raise DecoderError(f"[decoder prune] {key} = {value!r}: {fix}")
-
-
-@dataclass(frozen=True)
-class DecoderPruneConfig:
-    keep_layers: int | None = None           # decoder layers kept; None keeps all
-    kv_groups_keep: int | None = None        # whole KV groups kept per layer, each with its query heads
-    heads_per_group_keep: int | None = None  # query heads kept in every kept group
-    intermediate_keep: int | None = None     # SwiGLU channels kept per layer
-    layer_importance: str = "angular"        # angular | uniform
-    head_importance: str = "taylor"          # taylor | magnitude
-    channel_importance: str = "taylor"       # taylor | magnitude
-
-    def __post_init__(self):
-        for key, allowed in (("layer_importance", LAYER_IMPORTANCE), ("head_importance", HEAD_IMPORTANCE),
-                             ("channel_importance", CHANNEL_IMPORTANCE)):
-            if getattr(self, key) not in allowed:
-                _bad(key, getattr(self, key), f"use one of {', '.join(repr(a) for a in allowed)}.")
-        for key in COUNTS:
-            value = getattr(self, key)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                _bad(key, value, "use a whole number >= 1 (how many to keep), or None to keep all.")
-
-    def check(self, shape: DecoderShape) -> None:
-        """Refuse counts the model cannot give (more than it has)."""
-        if all(getattr(self, key) is None for key in COUNTS):
-            raise DecoderError(f"[decoder prune] nothing to prune: {', '.join(COUNTS)} are all None. Fix: set at "
-                               f"least one (e.g. keep_layers={max(1, shape.num_layers - 2)}).")
-        for key, limit, what in (("keep_layers", shape.num_layers, "layers"),
-                                 ("kv_groups_keep", shape.num_kv_heads, "KV groups (num_key_value_heads)"),
-                                 ("heads_per_group_keep", shape.group_size, "query heads per KV group"),
-                                 ("intermediate_keep", shape.intermediate_size, "SwiGLU channels per layer")):
-            value = getattr(self, key)
-            if value is not None and value > limit:
-                _bad(key, value, f"the model has {limit} {what}; keep at most {limit}.")
+from ..models.arch import get_module, set_module
+from ..models.decoder import DecoderError, DecoderShape, check_supported, decoder_layers, decoder_shape
+from .apply import slice_linear
+from .config import DecoderPruneConfig
+from .decoder_importance import Batches, DecoderScores, compute_scores, group_importance, unit_rows
+from .plan import uniform_layers
 
 
 # ---------------------------------------------------------------------------------------------- plan
@@ -221,22 +167,23 @@ def _linear_params(linear: nn.Linear, out_features: int, in_features: int) -> in
     return out_features * in_features + (out_features if linear.bias is not None else 0)
 
 
-def _layer_params_after(layer: nn.Module, n_heads: int, n_groups: int, n_channels: int, dh: int) -> int:
-    attn, mlp = layer.self_attn, layer.mlp
-    hidden, q_width, kv_width = attn.q_proj.in_features, n_heads * dh, n_groups * dh
-    cut = {attn.q_proj: (q_width, hidden), attn.k_proj: (kv_width, hidden), attn.v_proj: (kv_width, hidden),
-           attn.o_proj: (hidden, q_width), mlp.gate_proj: (n_channels, hidden), mlp.up_proj: (n_channels, hidden),
-           mlp.down_proj: (hidden, n_channels)}
+def _layer_params_after(layer: nn.Module, spec, n_heads: int, n_groups: int, n_channels: int, dh: int) -> int:
+    hidden = get_module(layer, spec.query).in_features
+    q_width, kv_width = n_heads * dh, n_groups * dh
+    sizes = {spec.query: (q_width, hidden), spec.key: (kv_width, hidden), spec.value: (kv_width, hidden),
+             spec.out: (hidden, q_width), spec.ffn_out: (hidden, n_channels),
+             **{path: (n_channels, hidden) for path in spec.ffn_inputs}}
+    cut = {get_module(layer, path): size for path, size in sizes.items()}
     rest = _layer_params(layer) - sum(_layer_params(linear) for linear in cut)
     return rest + sum(_linear_params(linear, *size) for linear, size in cut.items())
 
 
 def param_counts(kept: DecoderPrunePlan, model: nn.Module) -> dict[str, tuple[int, int]]:
     """(before, after) parameter counts, total and decoder layers only, without cutting anything."""
-    shape, layers = decoder_shape(model), decoder_layers(model)
+    spec, shape, layers = check_supported(model), decoder_shape(model), decoder_layers(model)
     sizes = kept.sizes
     before = sum(_layer_params(layer) for layer in layers)
-    after = sum(_layer_params_after(layers[i], sizes["num_attention_heads"], sizes["num_key_value_heads"],
+    after = sum(_layer_params_after(layers[i], spec, sizes["num_attention_heads"], sizes["num_key_value_heads"],
                                     sizes["intermediate_size"], shape.head_dim) for i in kept.kept_layers)
     total = sum(p.numel() for p in model.parameters())
     return {"total": (total, total - before + after), "layers": (before, after)}
@@ -277,7 +224,7 @@ def format_plan(kept: DecoderPrunePlan, model: nn.Module, scores: DecoderScores 
 
 def apply(model: nn.Module, kept: DecoderPrunePlan) -> nn.Module:
     """Cut ``model`` in place to what ``kept`` keeps and rewrite its config; returns the model."""
-    shape = decoder_shape(model)
+    spec, shape = check_supported(model), decoder_shape(model)
     if getattr(model.config, "is_heterogeneous", False):
         raise DecoderError("[decoder prune] the config has per_layer_config (per-layer sizes); uniform pruning "
                            "would overwrite them. Fix: prune a checkpoint with a uniform config.")
@@ -285,21 +232,20 @@ def apply(model: nn.Module, kept: DecoderPrunePlan) -> nn.Module:
     dh, layers = shape.head_dim, decoder_layers(model)
     _check_config_loads(model.config, kept.sizes, dh, "the plan")  # before anything is cut
     for i, groups, heads, channels in zip(kept.kept_layers, kept.groups, kept.heads, kept.channels):
-        attn, mlp = layers[i].self_attn, layers[i].mlp
+        layer = layers[i]
         q_rows, kv_rows, chan = unit_rows(heads, dh), unit_rows(groups, dh), torch.tensor(channels)
-        attn.q_proj = _slice_linear(attn.q_proj, q_rows, 0)
-        attn.k_proj = _slice_linear(attn.k_proj, kv_rows, 0)
-        attn.v_proj = _slice_linear(attn.v_proj, kv_rows, 0)
-        attn.o_proj = _slice_linear(attn.o_proj, q_rows, 1)
+        for path, index, dim in ((spec.query, q_rows, 0), (spec.key, kv_rows, 0), (spec.value, kv_rows, 0),
+                                 (spec.out, q_rows, 1), *((p, chan, 0) for p in spec.ffn_inputs),
+                                 (spec.ffn_out, chan, 1)):
+            set_module(layer, path, slice_linear(get_module(layer, path), index, dim))
         # what the attention forward reads from the module, not the config
+        attn = get_module(layer, spec.attention)
         attn.head_dim = dh
         attn.num_key_value_groups = len(heads) // len(groups)
         for name, value in (("num_heads", len(heads)), ("num_key_value_heads", len(groups))):
             if hasattr(attn, name):  # older transformers cached these too
                 setattr(attn, name, value)
-        mlp.gate_proj = _slice_linear(mlp.gate_proj, chan, 0)
-        mlp.up_proj = _slice_linear(mlp.up_proj, chan, 0)
-        mlp.down_proj = _slice_linear(mlp.down_proj, chan, 1)
+        mlp = get_module(layer, spec.ffn)
         if hasattr(mlp, "intermediate_size"):
             mlp.intermediate_size = len(channels)
     remaining = nn.ModuleList([layers[i] for i in kept.kept_layers])
@@ -307,19 +253,20 @@ def apply(model: nn.Module, kept: DecoderPrunePlan) -> nn.Module:
         for module in layer.modules():
             if hasattr(module, "layer_idx"):  # the KV cache is indexed by layer_idx
                 module.layer_idx = new_index
-    model.model.layers = remaining
-    _rewrite_config(model.config, kept, dh)
-    if hasattr(model.model, "has_sliding_layers"):  # Qwen2Model caches it from layer_types
-        model.model.has_sliding_layers = "sliding_attention" in model.config.layer_types
+    set_module(model, spec.layers, remaining)
+    _rewrite_config(model.config, spec, kept, dh)
+    backbone = get_module(model, spec.layers.rpartition(".")[0])
+    if hasattr(backbone, "has_sliding_layers"):  # Qwen2Model caches it from layer_types
+        backbone.has_sliding_layers = "sliding_attention" in model.config.layer_types
     return model
 
 
-def _rewrite_config(config, kept: DecoderPrunePlan, dh: int) -> None:
+def _rewrite_config(config, spec, kept: DecoderPrunePlan, dh: int) -> None:
     layer_types = getattr(config, "layer_types", None)
     window = getattr(config, "max_window_layers", None)
     for key, value in kept.sizes.items():
         setattr(config, key, value)
-    config.head_dim = dh  # explicit: hidden_size / num_attention_heads no longer gives it
+    setattr(config, spec.head_dim_key, dh)  # explicit: hidden_size / num_attention_heads no longer gives it
     if layer_types is not None:
         config.layer_types = [layer_types[i] for i in kept.kept_layers]
     if window is not None:  # layers numbered >= max_window_layers use the sliding window
@@ -352,7 +299,7 @@ def prune_decoder(model: nn.Module, cfg: DecoderPruneConfig, batches: Batches | 
         actual = sum(p.numel() for p in model.parameters())
         if actual != counts["total"][1]:
             raise DecoderError(f"[decoder prune] the cut model has {actual:,} parameters, the plan said "
-                               f"{counts['total'][1]:,}. This is a bug in edgekit.decoder.prune.")
+                               f"{counts['total'][1]:,}. This is a bug in edgekit.prune.decoder.")
     return model, DecoderPruneReport(plan=kept, scores=scores, params=counts["total"],
                                      layer_params=counts["layers"], text=text)
 

@@ -1,4 +1,4 @@
-"""Importance scores for decoder pruning (edgekit.decoder.prune): blocks by angular distance,
+"""Importance scores for decoder pruning (edgekit.prune.decoder): blocks by angular distance,
 query heads and SwiGLU channels by first-order Taylor (|gradient x gate| on the projection that
 reads them) or by weight magnitude. Higher = more important.
 """
@@ -8,17 +8,15 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..models.arch import get_module
+from ..models.decoder import DecoderError, check_supported, decoder_layers, decoder_shape
+from .config import DecoderPruneConfig
 from .importance import eval_mode, input_gates
-from ..models.decoder import DecoderError, decoder_layers, decoder_shape
-
-if TYPE_CHECKING:
-    from .decoder import DecoderPruneConfig
 
 Batches = Sequence[dict[str, Tensor]]
 
@@ -78,9 +76,9 @@ def unit_rows(units, width: int) -> Tensor:
 
 def _gates(model: nn.Module, head_gates: Sequence[Tensor] | None, channel_gates: Sequence[Tensor] | None):
     """Scale each query head's output (o_proj input) and each SwiGLU channel (down_proj input)."""
-    layers = decoder_layers(model)
-    return input_gates([layer.self_attn.o_proj for layer in layers], head_gates, decoder_shape(model).head_dim,
-                       [layer.mlp.down_proj for layer in layers], channel_gates)
+    spec, layers = check_supported(model), decoder_layers(model)
+    return input_gates([get_module(layer, spec.out) for layer in layers], head_gates, decoder_shape(model).head_dim,
+                       [get_module(layer, spec.ffn_out) for layer in layers], channel_gates)
 
 
 def _taylor(model: nn.Module, batches: Batches, heads: bool, channels: bool):
@@ -119,11 +117,11 @@ def head_importance_taylor(model: nn.Module, batches: Batches) -> list[Tensor]:
 def head_importance_magnitude(model: nn.Module) -> list[Tensor]:
     """Per layer, per query head: ||W_q rows|| * ||W_o columns||, the weights the head owns (K/V are
     shared by its group). No data needed."""
-    dh, scores = decoder_shape(model).head_dim, []
+    spec, dh, scores = check_supported(model), decoder_shape(model).head_dim, []
     with torch.no_grad():
         for layer in decoder_layers(model):
-            q = layer.self_attn.q_proj.weight.float().unflatten(0, (-1, dh))       # heads, dh, hidden
-            o = layer.self_attn.o_proj.weight.float().unflatten(1, (-1, dh))       # hidden, heads, dh
+            q = get_module(layer, spec.query).weight.float().unflatten(0, (-1, dh))     # heads, dh, hidden
+            o = get_module(layer, spec.out).weight.float().unflatten(1, (-1, dh))       # hidden, heads, dh
             scores.append(q.norm(dim=(1, 2)) * o.norm(dim=(0, 2)))
     return scores
 
@@ -141,9 +139,10 @@ def channel_importance_taylor(model: nn.Module, batches: Batches) -> list[Tensor
 def channel_importance_magnitude(model: nn.Module) -> list[Tensor]:
     """Per layer, per SwiGLU channel: ||gate row|| * ||up row|| * ||down column||; the channel's
     output is bilinear in gate and up, linear in down, so its scale is the product. No data needed."""
+    spec = check_supported(model)
     with torch.no_grad():
-        return [layer.mlp.gate_proj.weight.float().norm(dim=1) * layer.mlp.up_proj.weight.float().norm(dim=1)
-                * layer.mlp.down_proj.weight.float().norm(dim=0) for layer in decoder_layers(model)]
+        return [math.prod(get_module(layer, path).weight.float().norm(dim=1) for path in spec.ffn_inputs)
+                * get_module(layer, spec.ffn_out).weight.float().norm(dim=0) for layer in decoder_layers(model)]
 
 
 def compute_scores(model: nn.Module, cfg: DecoderPruneConfig, batches: Batches | None = None) -> DecoderScores:

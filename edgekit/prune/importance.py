@@ -9,16 +9,15 @@ from __future__ import annotations
 
 from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Iterator, Sequence
+from typing import Iterator, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from ..models.encoder import PruneError, arch_for, encoder_layers, get_module, head_dim, layer_shapes
-
-if TYPE_CHECKING:
-    from .plan import PruneConfig
+from ..models.arch import get_module
+from ..models.encoder import PruneError, arch_for, encoder_layers, head_dim, layer_shapes
+from .config import PruneConfig
 
 Batches = Sequence[dict[str, Tensor]]
 
@@ -38,7 +37,7 @@ def input_gates(head_modules: Sequence[nn.Module], head_gates: Sequence[Tensor] 
     attention head) and of ``unit_modules[i]`` per column (one gate per FFN neuron / SwiGLU channel).
 
     Forward pre-hooks on the projections that read heads and neurons, so any architecture whose
-    modules can be listed uses it (encoders here, decoders in edgekit.decoder.importance); a zero
+    modules can be listed uses it (encoders here, decoders in edgekit.prune.decoder_importance); a zero
     gate masks that unit, and gradients reach the gates for Taylor importance.
     """
     def head_hook(gate: Tensor):

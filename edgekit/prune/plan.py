@@ -1,4 +1,4 @@
-"""How much: the prune config, the plan it turns into, and the plan's figures (the dry run).
+"""How much: the plan a prune config (edgekit.prune.config) turns into, and its figures (the dry run).
 
 A plan names what is kept, in the numbering of the model it was made for: the kept layers,
 and per kept layer the kept heads and FFN neurons. Nothing here touches a weight.
@@ -10,54 +10,10 @@ from dataclasses import dataclass
 
 from torch import nn
 
-from ..models.encoder import PruneError, arch_for, encoder_layers, get_module, head_dim, layer_shapes
+from ..models.arch import get_module
+from ..models.encoder import PruneError, arch_for, encoder_layers, head_dim, layer_shapes
+from .config import PruneConfig, bad_value
 from .importance import PruneScores
-
-LAYER_STRATEGIES = ("uniform", "importance")
-HEAD_SCOPES = ("per-layer", "global")
-HEAD_SCORES = ("gradient", "variance")
-FFN_SCORES = ("taylor", "magnitude")
-
-
-def _bad(key: str, value, fix: str):
-    raise PruneError(f"[prune] {key} = {value!r}: {fix}")
-
-
-@dataclass(frozen=True)
-class PruneConfig:
-    layers_to_keep: int | None = None      # None keeps every layer
-    layer_strategy: str = "uniform"        # uniform | importance
-    heads_to_keep: int | None = None       # per kept layer (on average, with head_scope="global")
-    head_scope: str = "per-layer"          # per-layer | global
-    head_score: str = "gradient"           # gradient | variance
-    ffn_keep_ratio: float | None = None    # fraction of FFN neurons kept in every kept layer
-    ffn_score: str = "taylor"              # taylor | magnitude
-
-    def __post_init__(self):
-        for key, value, allowed in (("layer_strategy", self.layer_strategy, LAYER_STRATEGIES),
-                                    ("head_scope", self.head_scope, HEAD_SCOPES),
-                                    ("head_score", self.head_score, HEAD_SCORES),
-                                    ("ffn_score", self.ffn_score, FFN_SCORES)):
-            if value not in allowed:
-                _bad(key, value, f"use one of {', '.join(repr(a) for a in allowed)}.")
-        for key in ("layers_to_keep", "heads_to_keep"):
-            value = getattr(self, key)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
-                _bad(key, value, "use a whole number >= 1 (how many to keep), or None to keep all.")
-        ratio = self.ffn_keep_ratio
-        if ratio is not None and (isinstance(ratio, bool) or not isinstance(ratio, (int, float))
-                                  or not 0 < ratio <= 1):
-            _bad("ffn_keep_ratio", ratio, "use a fraction in (0, 1], e.g. 0.5 keeps half the neurons, "
-                                          "or None to keep them all.")
-
-    @property
-    def is_noop(self) -> bool:
-        return self.layers_to_keep is None and self.heads_to_keep is None and self.ffn_keep_ratio is None
-
-    def require_something(self) -> None:
-        if self.is_noop:
-            raise PruneError("[prune] nothing to prune: layers_to_keep, heads_to_keep and ffn_keep_ratio are all "
-                             "None. Fix: set at least one of them (e.g. layers_to_keep = 3, heads_to_keep = 8).")
 
 
 @dataclass(frozen=True)
@@ -180,7 +136,7 @@ def make_plan(model: nn.Module, cfg: PruneConfig, scores: PruneScores) -> PruneP
     if cfg.layers_to_keep is None:
         layers = tuple(range(n))
     elif cfg.layers_to_keep > n:
-        _bad("layers_to_keep", cfg.layers_to_keep, f"the model has {n} layers; keep at most {n}.")
+        bad_value("layers_to_keep", cfg.layers_to_keep, f"the model has {n} layers; keep at most {n}.")
     elif cfg.layer_strategy == "uniform":
         layers = uniform_layers(n, cfg.layers_to_keep)
     else:
@@ -191,8 +147,8 @@ def make_plan(model: nn.Module, cfg: PruneConfig, scores: PruneScores) -> PruneP
     if cfg.heads_to_keep is None:
         heads = [tuple(range(h)) for h in heads_in]
     elif cfg.heads_to_keep > min(heads_in):
-        _bad("heads_to_keep", cfg.heads_to_keep, f"kept layers have as few as {min(heads_in)} heads; keep at most "
-                                                 f"{min(heads_in)}.")
+        bad_value("heads_to_keep", cfg.heads_to_keep,
+                  f"kept layers have as few as {min(heads_in)} heads; keep at most {min(heads_in)}.")
     else:
         _check_scores("head", scores.head, [s.heads for s in shapes], fix)
         if cfg.head_scope == "per-layer":

@@ -32,7 +32,7 @@ from torch import nn
 
 from edgekit_runtime.errors import EdgekitError
 
-from ..config import _require
+from ..config import require
 
 QMAX = 127
 ACT_QMIN = -128       # what QuantizeLinear saturates to
@@ -84,25 +84,25 @@ class QATConfig:
             value = getattr(self, key)
             value = (value,) if isinstance(value, str) else tuple(value)
             object.__setattr__(self, key, value)
-            _require(all(isinstance(p, str) and p for p in value), "qat", key, value,
-                     "must be a list of non-empty module-name patterns", 'e.g. ["*.encoder.layer.*"]')
-        _require(bool(self.include), "qat", "include", self.include, "quantizes nothing",
-                 f"leave it out for the default {list(DEFAULT_INCLUDE)}")
-        _require(0.0 <= self.observer_momentum < 1.0, "qat", "observer_momentum", self.observer_momentum,
-                 "must be in [0, 1) (0 keeps only the last batch)", "use 0.9")
-        _require(isinstance(self.calibration_batches, int) and self.calibration_batches >= 1, "qat",
-                 "calibration_batches", self.calibration_batches, "must be a positive integer", "use 16")
-        _require(isinstance(self.fp32_most_sensitive, int) and self.fp32_most_sensitive >= 0, "qat",
-                 "fp32_most_sensitive", self.fp32_most_sensitive, "must be a non-negative integer",
-                 "use 1 (0 quantizes every selected Linear)")
-        _require(isinstance(self.sensitivity_batches, int) and self.sensitivity_batches >= 1, "qat",
-                 "sensitivity_batches", self.sensitivity_batches, "must be a positive integer", "use 8")
-        _require(isinstance(self.selection_texts, int) and self.selection_texts >= 0, "qat", "selection_texts",
-                 self.selection_texts, "must be a non-negative integer",
-                 "use 1000 (0 keeps the last QAT checkpoint unchecked)")
+            require(all(isinstance(p, str) and p for p in value), "qat", key, value,
+                    "must be a list of non-empty module-name patterns", 'e.g. ["*.encoder.layer.*"]')
+        require(bool(self.include), "qat", "include", self.include, "quantizes nothing",
+                f"leave it out for the default {list(DEFAULT_INCLUDE)}")
+        require(0.0 <= self.observer_momentum < 1.0, "qat", "observer_momentum", self.observer_momentum,
+                "must be in [0, 1) (0 keeps only the last batch)", "use 0.9")
+        require(isinstance(self.calibration_batches, int) and self.calibration_batches >= 1, "qat",
+                "calibration_batches", self.calibration_batches, "must be a positive integer", "use 16")
+        require(isinstance(self.fp32_most_sensitive, int) and self.fp32_most_sensitive >= 0, "qat",
+                "fp32_most_sensitive", self.fp32_most_sensitive, "must be a non-negative integer",
+                "use 1 (0 quantizes every selected Linear)")
+        require(isinstance(self.sensitivity_batches, int) and self.sensitivity_batches >= 1, "qat",
+                "sensitivity_batches", self.sensitivity_batches, "must be a positive integer", "use 8")
+        require(isinstance(self.selection_texts, int) and self.selection_texts >= 0, "qat", "selection_texts",
+                self.selection_texts, "must be a non-negative integer",
+                "use 1000 (0 keeps the last QAT checkpoint unchecked)")
         p = self.activation_percentile
-        _require(p is None or 50.0 < p <= 100.0, "qat", "activation_percentile", p,
-                 "must be in (50, 100]", "use e.g. 99.99, or leave it out to observe max|x|")
+        require(p is None or 50.0 < p <= 100.0, "qat", "activation_percentile", p,
+                "must be in (50, 100]", "use e.g. 99.99, or leave it out to observe max|x|")
 
 
 def per_channel_scale(weight: torch.Tensor) -> torch.Tensor:
@@ -175,7 +175,7 @@ class QuantLinear(nn.Module):
     """
 
     def __init__(self, linear: nn.Linear, momentum: float = 0.9, percentile: float | None = None,
-                 learn_range: bool = False):
+                learn_range: bool = False):
         super().__init__()
         self.in_features, self.out_features = linear.in_features, linear.out_features
         self.weight, self.bias = linear.weight, linear.bias   # the same Parameters: optimizers keep them

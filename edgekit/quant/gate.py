@@ -13,7 +13,7 @@ from typing import Any, Callable, Mapping
 import numpy as np
 from edgekit_runtime.errors import EdgekitError
 
-from ..config import _require
+from ..config import require
 
 FIX = ("Fix: after PTQ, try QAT or more calibration samples (or calibrate_method = \"percentile\"); after "
        "QAT, try [quantize.qat] activation_percentile = 99.99 or more [qat_train] steps; or keep the failing "
@@ -36,10 +36,10 @@ class GateConfig:
     max_metric_drop: float = 0.01
 
     def __post_init__(self):
-        _require(0.0 <= self.min_argmax_agreement <= 1.0, "quant_gate", "min_argmax_agreement",
-                 self.min_argmax_agreement, "is a fraction of rows and must be in [0, 1]", "use 0.99")
-        _require(0.0 <= self.max_metric_drop <= 1.0, "quant_gate", "max_metric_drop", self.max_metric_drop,
-                 "is an absolute drop of a [0, 1] metric and must be in [0, 1]", "use 0.01 (one point)")
+        require(0.0 <= self.min_argmax_agreement <= 1.0, "quant_gate", "min_argmax_agreement",
+                self.min_argmax_agreement, "is a fraction of rows and must be in [0, 1]", "use 0.99")
+        require(0.0 <= self.max_metric_drop <= 1.0, "quant_gate", "max_metric_drop", self.max_metric_drop,
+                "is an absolute drop of a [0, 1] metric and must be in [0, 1]", "use 0.01 (one point)")
 
 
 def quantized_gate(reference_logits: np.ndarray, quantized_logits: np.ndarray, labels: np.ndarray,

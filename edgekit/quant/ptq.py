@@ -35,8 +35,9 @@ import onnx
 from edgekit_runtime.errors import EdgekitError
 from onnxruntime.quantization import CalibrationDataReader
 
-from ..config import _require
+from ..config import require
 from ..export.graph import STANDARD_DOMAINS, iter_nodes
+from ..export.opcheck import op_histogram
 
 METHODS = ("static", "dynamic")
 FORMATS = ("qdq", "qoperator")
@@ -64,31 +65,31 @@ class PTQConfig:
     op_types_to_quantize: tuple[str, ...] = DEFAULT_OP_TYPES
 
     def __post_init__(self):
-        _require(self.method in METHODS, "ptq", "method", self.method, f"must be one of {list(METHODS)}",
-                 'use "static" (calibrated int8 activations) or "dynamic" (int8 weights only)')
+        require(self.method in METHODS, "ptq", "method", self.method, f"must be one of {list(METHODS)}",
+                'use "static" (calibrated int8 activations) or "dynamic" (int8 weights only)')
         for key, allowed in (("format", FORMATS), ("calibrate_method", CALIBRATE_METHODS)):
             value = getattr(self, key)
             if self.method == "dynamic":
-                _require(value is None, "ptq", key, value, 'applies to method = "static" only',
-                         f'leave {key} out, or set method = "static"')
+                require(value is None, "ptq", key, value, 'applies to method = "static" only',
+                        f'leave {key} out, or set method = "static"')
             else:
-                _require(value is None or value in allowed, "ptq", key, value, f"must be one of {list(allowed)}",
-                         f"use {allowed[0]!r}, or leave it out")
-        _require(isinstance(self.per_channel, bool), "ptq", "per_channel", self.per_channel,
-                 "must be true or false", "use true (per output channel weight scales)")
-        _require(isinstance(self.calibration_samples, int) and self.calibration_samples >= 1, "ptq",
-                 "calibration_samples", self.calibration_samples, "must be a positive integer", "use 256")
+                require(value is None or value in allowed, "ptq", key, value, f"must be one of {list(allowed)}",
+                        f"use {allowed[0]!r}, or leave it out")
+        require(isinstance(self.per_channel, bool), "ptq", "per_channel", self.per_channel,
+                "must be true or false", "use true (per output channel weight scales)")
+        require(isinstance(self.calibration_samples, int) and self.calibration_samples >= 1, "ptq",
+                "calibration_samples", self.calibration_samples, "must be a positive integer", "use 256")
         ops = self.op_types_to_quantize
         ops = (ops,) if isinstance(ops, str) else tuple(ops)
         object.__setattr__(self, "op_types_to_quantize", ops)
-        _require(bool(ops) and all(isinstance(o, str) and o for o in ops), "ptq", "op_types_to_quantize", ops,
-                 "must be a non-empty list of ONNX op types", f"use {list(DEFAULT_OP_TYPES)}")
+        require(bool(ops) and all(isinstance(o, str) and o for o in ops), "ptq", "op_types_to_quantize", ops,
+                "must be a non-empty list of ONNX op types", f"use {list(DEFAULT_OP_TYPES)}")
         known = _quantizable_ops(self.method, self.quant_format)
         unknown = [o for o in ops if o not in known]
-        _require(not unknown, "ptq", "op_types_to_quantize", ops,
-                 f"onnxruntime cannot quantize {unknown} with method={self.method!r}"
-                 + (f", format={self.quant_format!r}" if self.method == "static" else ""),
-                 f"choose from {sorted(known)}")
+        require(not unknown, "ptq", "op_types_to_quantize", ops,
+                f"onnxruntime cannot quantize {unknown} with method={self.method!r}"
+                + (f", format={self.quant_format!r}" if self.method == "static" else ""),
+                f"choose from {sorted(known)}")
 
     @property
     def quant_format(self) -> str | None:
@@ -190,8 +191,6 @@ def _opset(model: onnx.ModelProto) -> int | None:
 
 
 def _finish(src_model: onnx.ModelProto, dst: Path, cfg: PTQConfig, rows: int) -> PTQReport:
-    from ..export.opcheck import op_histogram
-
     model = onnx.load(str(dst))
     try:
         onnx.checker.check_model(model, full_check=True)

@@ -22,7 +22,7 @@ from torch import nn
 from ..distill.schedules import Schedule
 from ..quant.fake import (QATConfig, QuantError, calibrate, enable_fake_quant, layer_sensitivity, prepare_qat,
                           quantized_linears, restore_fp32)
-from .loop import _param_groups, epoch_order
+from .loop import epoch_order, param_groups
 from ..models.decoder import BLOCK_LINEARS, DecoderError, check_supported
 from ..distill.causal import CausalDistillConfig, causal_distill_loss, model_inputs, next_token_targets
 from ..distill.topk_cache import TopKCache
@@ -195,7 +195,7 @@ def _fit(student, teacher, n: int, cfg: CausalDistillConfig, steps: int, batch_s
                            "Fix: pass e.g. steps=1000, batch_size=8, lr=5e-5.")
     torch.manual_seed(seed)
     params = [p for p in student.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(_param_groups([student], cfg.weight_decay), lr=lr)
+    optimizer = torch.optim.AdamW(param_groups([student], cfg.weight_decay), lr=lr)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _lr_factor(cfg, steps))
     per_epoch = math.ceil(n / batch_size)
     student.train(train_mode)

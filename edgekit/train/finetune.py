@@ -16,7 +16,7 @@ from tqdm.auto import tqdm
 
 from ..data import TextDataset
 from ..recipe import FinetuneConfig
-from ..tasks import TaskAdapter
+from ..compiler.adapter import TaskAdapter
 
 
 @dataclass

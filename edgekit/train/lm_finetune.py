@@ -16,7 +16,7 @@ from typing import Callable, Sequence
 import numpy as np
 import torch
 
-from ..config import _require
+from ..config import require
 
 
 @dataclass(frozen=True)
@@ -34,24 +34,24 @@ class LMTrainConfig:
 
     def __post_init__(self):
         for key in ("steps", "batch_size", "block_size", "log_every"):
-            _require(getattr(self, key) > 0, "lm_train", key, getattr(self, key), "must be positive", "e.g. 100")
-        _require(0 <= self.warmup_steps < self.steps, "lm_train", "warmup_steps", self.warmup_steps,
-                 "must be in 0..steps-1", f"use {max(0, self.steps // 10)}")
-        _require(self.learning_rate > 0, "lm_train", "learning_rate", self.learning_rate, "must be positive", "use 1e-3")
+            require(getattr(self, key) > 0, "lm_train", key, getattr(self, key), "must be positive", "e.g. 100")
+        require(0 <= self.warmup_steps < self.steps, "lm_train", "warmup_steps", self.warmup_steps,
+                "must be in 0..steps-1", f"use {max(0, self.steps // 10)}")
+        require(self.learning_rate > 0, "lm_train", "learning_rate", self.learning_rate, "must be positive", "use 1e-3")
 
 
 def pack_texts(tokenizer, texts: Sequence[str], block_size: int) -> torch.Tensor:
     """(blocks, block_size) token ids: every text followed by eos, concatenated, cut into full blocks."""
     eos = tokenizer.eos_token_id
-    _require(eos is not None, "lm_train", "eos_token", None, "packing separates documents with eos",
-             "set tokenizer.eos_token")
+    require(eos is not None, "lm_train", "eos_token", None, "packing separates documents with eos",
+            "set tokenizer.eos_token")
     stream: list[int] = []
     for ids in tokenizer(list(texts), add_special_tokens=False)["input_ids"]:
         stream.extend(ids)
         stream.append(eos)
     n = len(stream) // block_size
-    _require(n > 0, "lm_train", "block_size", block_size, f"is longer than all the text ({len(stream)} tokens)",
-             "pass more text or a smaller block_size")
+    require(n > 0, "lm_train", "block_size", block_size, f"is longer than all the text ({len(stream)} tokens)",
+            "pass more text or a smaller block_size")
     return torch.tensor(stream[:n * block_size], dtype=torch.long).view(n, block_size)
 
 

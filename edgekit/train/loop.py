@@ -48,7 +48,8 @@ def epoch_order(seed: int, epoch: int, n: int) -> np.ndarray:
     return order
 
 
-def _param_groups(modules, weight_decay: float) -> list[dict]:
+def param_groups(modules, weight_decay: float) -> list[dict]:
+    """AdamW parameter groups of ``modules``: weight decay on weights, none on biases, norms and QAT ranges."""
     no_decay = ("bias", "LayerNorm.weight", "layer_norm.weight", "norm.weight", "learned_amax")
     named = [(n, p) for m in modules for n, p in m.named_parameters() if p.requires_grad]
     return [{"params": [p for n, p in named if not n.endswith(no_decay)], "weight_decay": weight_decay},
@@ -87,7 +88,7 @@ def distill_train(student, teacher, adapter, tokenizer, train_ds, val_ds, distil
         flags = {"output_hidden_states": bool(hidden_pairs), "output_attentions": bool(att_pairs)}
     modules = [student] + ([projections] if projections is not None else [])
     params = [p for m in modules for p in m.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(_param_groups(modules, cfg.weight_decay), lr=cfg.learning_rate)
+    optimizer = torch.optim.AdamW(param_groups(modules, cfg.weight_decay), lr=cfg.learning_rate)
     scheduler = linear_schedule(optimizer, cfg.warmup(steps), steps)
     stopper, monitor = EarlyStopper(cfg.early_stopping_patience), DivergenceMonitor(cfg.divergence_window)
     stateful = {"model": student, "projections": projections, "optimizer": optimizer, "scheduler": scheduler,

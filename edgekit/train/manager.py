@@ -21,7 +21,7 @@ import numpy as np
 import torch
 
 
-from ..config import _require
+from ..config import require
 
 
 @dataclass(frozen=True)
@@ -44,17 +44,17 @@ class TrainingConfig:
 
     def __post_init__(self):
         for key in ("batch_size", "grad_accum", "divergence_window"):
-            _require(getattr(self, key) > 0, "student_train", key, getattr(self, key), "must be positive", "e.g. 16")
-        _require(0 < self.learning_rate < 1, "student_train", "learning_rate", self.learning_rate, "must be in (0, 1)", "3e-5")
-        _require(self.warmup_steps >= 0, "student_train", "warmup_steps", self.warmup_steps, "must be >= 0", "use 500")
-        _require(0 <= self.max_warmup_fraction <= 1, "student_train", "max_warmup_fraction", self.max_warmup_fraction,
-                 "must be in [0, 1]", "use 0.1")
-        _require(self.weight_decay >= 0, "student_train", "weight_decay", self.weight_decay, "must be >= 0", "use 0.01")
-        _require(self.epochs > 0, "student_train", "epochs", self.epochs, "must be positive", "e.g. 3")
-        _require(self.max_steps is None or self.max_steps > 0, "student_train", "max_steps", self.max_steps,
-                 "must be positive", "remove it to train by epochs")
+            require(getattr(self, key) > 0, "student_train", key, getattr(self, key), "must be positive", "e.g. 16")
+        require(0 < self.learning_rate < 1, "student_train", "learning_rate", self.learning_rate, "must be in (0, 1)", "3e-5")
+        require(self.warmup_steps >= 0, "student_train", "warmup_steps", self.warmup_steps, "must be >= 0", "use 500")
+        require(0 <= self.max_warmup_fraction <= 1, "student_train", "max_warmup_fraction", self.max_warmup_fraction,
+                "must be in [0, 1]", "use 0.1")
+        require(self.weight_decay >= 0, "student_train", "weight_decay", self.weight_decay, "must be >= 0", "use 0.01")
+        require(self.epochs > 0, "student_train", "epochs", self.epochs, "must be positive", "e.g. 3")
+        require(self.max_steps is None or self.max_steps > 0, "student_train", "max_steps", self.max_steps,
+                "must be positive", "remove it to train by epochs")
         for key in ("eval_every", "early_stopping_patience"):
-            _require(getattr(self, key) >= 0, "student_train", key, getattr(self, key), "must be >= 0", "0 turns it off")
+            require(getattr(self, key) >= 0, "student_train", key, getattr(self, key), "must be >= 0", "0 turns it off")
 
     @property
     def effective_batch(self) -> int:

@@ -1,3 +1,3 @@
-"""Built-in rewrite rules; importing this package registers each of them in ``rewrite.RULES``."""
+"""Built-in rewrite rules; importing this package registers each of them in ``base.RULES``."""
 
 from . import gelu, int32_inputs, mask_fill  # noqa: F401

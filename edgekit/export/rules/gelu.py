@@ -14,7 +14,7 @@ import numpy as np
 from onnx import helper
 
 from ..graph import GraphEdit, GraphIndex, node_label
-from ..rewrite import RewriteRule, register
+from .base import RewriteRule, register
 
 SQRT2 = math.sqrt(2.0)
 

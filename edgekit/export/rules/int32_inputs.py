@@ -9,7 +9,7 @@ from __future__ import annotations
 from onnx import TensorProto, helper
 
 from ..graph import GraphEdit, GraphIndex
-from ..rewrite import RewriteRule, register
+from .base import RewriteRule, register
 
 
 class Int32Inputs(RewriteRule):

@@ -13,7 +13,7 @@ import numpy as np
 from onnx import TensorProto, numpy_helper
 
 from ..graph import STANDARD_DOMAINS, GraphEdit, GraphIndex, node_label
-from ..rewrite import RewriteRule, register
+from .base import RewriteRule, register
 
 SAFE_FILL = -1e4
 # Ops that may read the fill constant directly, and ops a mask passes through on its way to
