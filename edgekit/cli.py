@@ -134,7 +134,7 @@ def _compile(task, profile_name, recipe_path, plan_only, resume, sign_key, flags
     from .compiler.run import compile_bundle, plan_only as plan_cut
     from .profiles import resolve_profile
     from .recipe import recipe_from_flags, resolve_task
-    from .summary import format_lm_summary, format_summary
+    from .report import format_lm_summary, format_summary
 
     profile = resolve_profile(profile_name)
     teacher, data = flags["teacher"], flags["data"]
@@ -219,7 +219,7 @@ def keygen(out_dir, force):
       edgekit sign bundles/jetson-orin --key keys/private.pem
       edgekit-run verify bundles/jetson-orin --public-key keys/public.pem --require-signature
     """
-    from .signing import generate_keys
+    from .bundle.signing import generate_keys
 
     private, public, key_id = generate_keys(out_dir, force=force)
     click.echo(f"wrote {private} (private key, mode 0600: keep it on the build host, never on a device)")
@@ -244,7 +244,7 @@ def sign_cmd(bundle, key_path):
     """
     from edgekit_runtime.signing import SIGNATURE
 
-    from .signing import sign, stale_archive
+    from .bundle.signing import sign, stale_archive
 
     record = sign(bundle, key_path)
     click.echo(f"signed {bundle}: {SIGNATURE} over manifest.json (ed25519, key id {record['key_id'][:16]}...)")

@@ -5,6 +5,7 @@ function-level imports only for heavy or optional packages (the CLIs excepted: `
 from __future__ import annotations
 
 import ast
+import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -137,3 +138,11 @@ def test_function_level_imports_are_heavy_packages_only():
                 if internal or not roots <= HEAVY:
                     wrong.append(f"{name}:{node.lineno} imports {internal or sorted(roots)} inside {fn.name}()")
     assert wrong == []
+
+
+def test_every_host_package_is_in_the_wheel():
+    """pyproject lists edgekit's packages by name: a new stage package left out would be missing
+    from a non-editable install."""
+    listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    on_disk = {".".join(p.parent.relative_to(ROOT).parts) for p in (ROOT / "edgekit").rglob("__init__.py")}
+    assert on_disk - listed == set()

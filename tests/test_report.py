@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 import edgekit_runtime
 from edgekit.cli import main
-from edgekit.report import NOT_RECORDED, SECTIONS, Report, latency_samples, read_bench
+from edgekit.report import NOT_RECORDED, SECTIONS, SequenceClassificationReport as Report, latency_samples, read_bench
 from edgekit_runtime.bench.runner import SCHEMA, VERSION
 from tests.test_pipeline import LOOSE_GATE, QAT, STUDENT, _compile
 from tests.tiny_models import make_model_dir
@@ -180,7 +180,7 @@ def test_bad_bench_file_is_one_clear_error(bundle, tmp_path):
 
 
 def test_causal_lm_report_renders_every_section_from_nothing():
-    from edgekit.report_lm import LMReport
+    from edgekit.report import LMReport
 
     page = LMReport({"task": {"name": "causal-lm"}}, None).render()
     for sid, _ in SECTIONS:

@@ -1,5 +1,5 @@
-"""`edgekit report` for a causal-LM bundle (`edgekit compile-lm`): the same page and sections as an
-encoder's, filled from what compile-lm records. Quality is test perplexity (lower is better), the
+"""The report's sections for task "causal-lm" (`edgekit compile-lm`): the same page and sections as
+an encoder's, filled from what compile-lm records. Quality is test perplexity (lower is better), the
 int8 gate is the graph's perplexity against the fp32 student's, and the commands are generate and
 serve. Decode speed is not in the bundle: benchmarks/decoder.py measures it."""
 
@@ -7,12 +7,14 @@ from __future__ import annotations
 
 from typing import Any, Mapping
 
-from .report import Report
-from .report_parts import NOT_RECORDED, fmt, fmt_bytes, get, kv_table, missing, num, para, pre, table
+from .page import Report
+from .parts import NOT_RECORDED, fmt, fmt_bytes, get, kv_table, missing, num, para, pre, table
 
 
 class LMReport(Report):
-    """Sections of Report for task "causal-lm"; ``figures`` holds teacher / student / graph."""
+    """Report for task "causal-lm"; ``figures`` holds teacher / student / graph."""
+
+    task = "causal-lm"
 
     def _figures(self, who: str) -> Mapping[str, Any]:
         value = get(self.fig, who)
@@ -48,11 +50,11 @@ class LMReport(Report):
                 ("reasoning markers", f"{think.get('start')} ... {think.get('end')}" if isinstance(think, Mapping)
                  else "none"),
                 ("integrity", self.integrity or "not checked"),
-                ("signature", self._signature()),
+                ("signature", self.signature()),
                 ("compiled", f"{get(m, 'created_utc') or '?'} by edgekit {get(m, 'edgekit_version') or '?'}")]
         out = [kv_table(rows), "<h3>Sizes</h3>"]
         teacher, student = self._figures("teacher"), self._figures("student")
-        size_rows = self._file_size_rows()
+        size_rows = self.file_size_rows()
         for label, figs in (("teacher", teacher), ("student", student)):
             params = num(figs.get("params"))
             if params is not None:
@@ -153,7 +155,7 @@ class LMReport(Report):
             out.append(missing("validation figures"))
         return "".join(out)
 
-    def _commands(self) -> str:
+    def commands(self) -> str:
         return pre("\n".join(["edgekit-run verify BUNDLE",
                               "edgekit-run generate BUNDLE \"your prompt\" --stream",
                               "edgekit-run serve BUNDLE        # POST /generate",

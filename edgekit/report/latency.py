@@ -1,14 +1,17 @@
 """The report's latency sections: the latency distributions (from `edgekit-run bench --json`
 results, else the manifest's compile-time figures) and the quality vs size vs latency trade-off.
-A mixin of report.Report, which holds the manifest and the bench results."""
+A mixin of page.Report, which holds the manifest and the bench results."""
 
 from __future__ import annotations
 
 import re
 from typing import Any, Mapping
 
-from .report_parts import (COLORS, NOT_RECORDED, SYSTEM_STYLE, _figure, _place_labels, _plain_log_ticks, _short,
-                           fmt, fmt_bytes, get, img, latency_samples, missing, num, para, table)
+import numpy as np
+
+from .inputs import latency_samples
+from .parts import COLORS, NOT_RECORDED, SYSTEM_STYLE, fmt, fmt_bytes, get, missing, num, para, short, table
+from .plots import figure, img, place_labels, plain_log_ticks
 
 
 class LatencySections:
@@ -36,14 +39,14 @@ class LatencySections:
         out.append(table(["system", "median", "p90", "calls"], rows))
         if num(lat.get("speedup")) is not None:
             out.append(para(f"Bundle speedup over the PyTorch teacher (median): {lat['speedup']:.2f}x."))
-        fig, (ax,) = _figure(7.0, 3.2)
+        fig, (ax,) = figure(7.0, 3.2)
         for i, (k, v) in enumerate(systems):
             pts = [(num(v.get("median_ms")), 0.5), (num(v.get("p90_ms")), 0.9)]
             pts = [p for p in pts if p[0] is not None]
             if pts:
                 color, marker = SYSTEM_STYLE.get(k, (COLORS[(i + 3) % len(COLORS)], "o"))
                 ax.plot([p[0] for p in pts], [p[1] for p in pts], marker=marker, linestyle=":",
-                        color=color, label=_short(names.get(k, k), 45))
+                        color=color, label=short(names.get(k, k), 45))
         ax.set_xlabel("latency per call (ms)", fontsize=9)
         ax.set_ylabel("fraction of calls at or below", fontsize=9)
         ax.set_ylim(0, 1)
@@ -54,8 +57,6 @@ class LatencySections:
         return "".join(out)
 
     def _bench_latency(self) -> str:
-        import numpy as np
-
         data = [(label, result, latency_samples(result)) for label, result in self.bench]
         files = ", ".join(self.bench_files) if self.bench_files else "--bench"
         out = [para(f"Source: edgekit-run bench results ({files}): every per-call time of their latency runs, "
@@ -86,16 +87,16 @@ class LatencySections:
             own = mine and get(result, "bundle", "model_sha256") == mine
             green = SYSTEM_STYLE["bundle_runtime"][0]
             colors[label] = green if own and green not in colors.values() else next(others_colors)
-        fig, axes = _figure(10.0, 3.6, 2)
+        fig, axes = figure(10.0, 3.6, 2)
         lo = min(min(v) for _, v in series)
         hi = max(np.percentile(v, 99.5) for _, v in series)
         bins = np.linspace(lo, hi if hi > lo else lo + 1, 40)
         for i, (label, vals) in enumerate(series):
             color = colors[label]
             axes[0].hist(np.clip(vals, None, bins[-1]), bins=bins, alpha=0.55 if len(series) > 1 else 0.85,
-                         color=color, label=_short(label, 40))
+                         color=color, label=short(label, 40))
             xs = np.sort(vals)
-            axes[1].plot(xs, np.arange(1, len(xs) + 1) / len(xs), color=color, label=_short(label, 40))
+            axes[1].plot(xs, np.arange(1, len(xs) + 1) / len(xs), color=color, label=short(label, 40))
             p50 = float(np.median(vals))
             axes[1].axvline(p50, color=color, linestyle=":", linewidth=1)
         axes[0].set_title(f"{primary}: histogram (values above p99.5 in the last bin)", fontsize=10)
@@ -111,18 +112,18 @@ class LatencySections:
         others = sorted({g for g in all_groups if g != primary},
                         key=lambda g: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", g)])
         if others:
-            fig, (ax,) = _figure(10.0, 3.6)
+            fig, (ax,) = figure(10.0, 3.6)
             styles = ("-", "--", ":", "-.")
             for gi, group in enumerate(others):
                 for si, (label, _, groups) in enumerate(data):
                     if group not in groups:
                         continue
                     xs = np.sort(groups[group])
-                    name = group if len(data) == 1 else f"{group} — {_short(label, 25)}"
+                    name = group if len(data) == 1 else f"{group} — {short(label, 25)}"
                     ax.plot(xs, np.arange(1, len(xs) + 1) / len(xs), color=COLORS[gi % len(COLORS)],
                             linestyle=styles[si % len(styles)], label=name)
             ax.set_xscale("log")
-            _plain_log_ticks(ax)
+            plain_log_ticks(ax)
             ax.set_xlabel("latency per call (ms, log scale)", fontsize=9)
             ax.set_ylabel("fraction of calls at or below", fontsize=9)
             ax.set_ylim(0, 1.01)
@@ -175,7 +176,7 @@ class LatencySections:
         if not panels:
             out.append(missing("any point with both a quality and a size or latency"))
             return "".join(out)
-        fig, axes = _figure(10.0 if len(panels) == 2 else 6.0, 3.8, len(panels))
+        fig, axes = figure(10.0 if len(panels) == 2 else 6.0, 3.8, len(panels))
         qualities = [p["quality"] for p in points if p["quality"] is not None]
         lo, hi = min(qualities), max(qualities)
         pad = max(0.005, (hi - lo) * 0.6)
@@ -205,10 +206,8 @@ class LatencySections:
                 ax.annotate(f"majority baseline {base:.3f}: {'below' if base < ylim[0] else 'above'} this axis",
                             (0.01, 0.02 if base < ylim[0] else 0.95), xycoords="axes fraction", fontsize=8,
                             color="gray")
-            labelled.append((ax, [(x, p["quality"], _short(p["name"], 40), style[i][0])
+            labelled.append((ax, [(x, p["quality"], short(p["name"], 40), style[i][0])
                                   for (i, p), x in zip(drawn, xs)]))
-        _place_labels(fig, labelled)
+        place_labels(fig, labelled)
         out.append(img(fig, f"test {headline} vs size and latency"))
         return "".join(out)
-
-    # ------------------------------------------------------------ substitutions

@@ -1,11 +1,12 @@
-"""The end-of-compile summary table: quality, size and latency on this host."""
+"""The end-of-compile summary printed to the terminal: for a sequence classifier the table of quality, size
+and latency on this host (format_summary); for a causal LM the perplexities (format_lm_summary)."""
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
-    from .compiler.state import CompileState
+    from ..compiler.state import CompileState
 
 
 def _mb(n: int) -> str:

@@ -1,12 +1,15 @@
 """The report's training section: loss and evaluation curves of the teacher fine-tune, the
-student's distillation and QAT, from the bundle's training/*.jsonl logs. A mixin of report.Report."""
+student's distillation and QAT, from the bundle's training/*.jsonl logs. A mixin of page.Report."""
 
 from __future__ import annotations
 
 from typing import Any, Mapping
 
-from .report_parts import (LOSS_KEYS, NOT_RECORDED, STAGES, _figure, _plain_log_ticks, _short, _smooth, color_for,
-                           esc, fmt, get, img, missing, num, para, read_jsonl)
+import numpy as np
+
+from .inputs import read_jsonl
+from .parts import LOSS_KEYS, NOT_RECORDED, STAGES, color_for, esc, fmt, get, missing, num, para, short
+from .plots import figure, img, plain_log_ticks, smooth
 
 
 class TrainingSections:
@@ -89,13 +92,11 @@ class TrainingSections:
         panels = int(bool(loss_keys)) + int(bool(fractions))
         if not panels:
             return missing(f"{title}: plottable losses or metrics")
-        fig, axes = _figure(10.0 if panels == 2 else 6.5, 3.4, panels)
+        fig, axes = figure(10.0 if panels == 2 else 6.5, 3.4, panels)
         i = 0
         if loss_keys:
             ax = axes[i]
             i += 1
-            import numpy as np
-
             unweighted = all(num(r.get("task_weight")) == 0.0 for r in steps) and "task" in loss_keys
             medians = {k: float(np.median(series(steps, k)[1])) for k in loss_keys}
             positive = all(v > 0 for k in loss_keys for v in series(steps, k)[1])
@@ -111,7 +112,7 @@ class TrainingSections:
                     label = "task (weight 0: logged, not trained on)"
                 if len(xs) > 20:
                     ax.plot(xs, ys, color=color, alpha=0.2, linewidth=0.8)
-                    ax.plot(xs, _smooth(ys), color=color, linewidth=1.6, label=label,
+                    ax.plot(xs, smooth(ys), color=color, linewidth=1.6, label=label,
                             linestyle="--" if key == "total" and twin else "-",
                             zorder=4 if key == "total" and twin else 2)
                 else:
@@ -121,13 +122,13 @@ class TrainingSections:
             ax.set_ylabel("loss (log scale)" if log_y else "loss", fontsize=9)
             if log_y:
                 ax.set_yscale("log")
-                _plain_log_ticks(ax, "y", subs=(1.0,))
+                plain_log_ticks(ax, "y", subs=(1.0,))
             ax.legend(fontsize=8, loc="best")
         if fractions:
             ax = axes[i]
             for n, key in enumerate(fractions):
                 xs, ys = series(evals, key)
-                ax.plot(xs, ys, color=color_for(key, n), marker="o", markersize=4, label=_short(key, 30))
+                ax.plot(xs, ys, color=color_for(key, n), marker="o", markersize=4, label=short(key, 30))
             ax.set_title("validation metrics", fontsize=10)
             ax.set_xlabel("optimizer step", fontsize=9)
             ax.set_ylabel("fraction", fontsize=9)
