@@ -21,7 +21,7 @@ def run(bundle: str, prompts_file: str, threads: int) -> dict:
     import numpy as np
 
     from edgekit_runtime import load
-    from edgekit_runtime.decoder import kv_names, left_pad
+    from edgekit_runtime.generation.decoder import kv_names, left_pad
 
     logging.getLogger("edgekit_runtime").setLevel(logging.ERROR)
     prompts = Path(prompts_file).read_text(encoding="utf-8").splitlines()[:4]

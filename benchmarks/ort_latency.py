@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 from tokenizers import Tokenizer
 
-from edgekit_runtime.backends import ort_session
+from edgekit_runtime.backends.ort import ort_session
 
 _DTYPES = {"tensor(int64)": np.int64, "tensor(int32)": np.int32}
 

@@ -242,7 +242,7 @@ def sign_cmd(bundle, key_path):
       edgekit sign bundles/jetson-orin --key keys/private.pem
       edgekit sign bundles/jetson-orin.tar --key keys/private.pem   # re-packs the archive with manifest.sig
     """
-    from edgekit_runtime.signing import SIGNATURE
+    from edgekit_runtime.bundle.signing import SIGNATURE
 
     from .bundle.signing import sign, stale_archive
 

@@ -175,7 +175,7 @@ def test_jetson_bundle_plans_tensorrt_shapes_for_the_kv_inputs(workspace, tmp_pa
 
     from edgekit.bundle.decoder import write_decoder_bundle
     from edgekit.export.decoder import export_decoder
-    from edgekit_runtime.trt_plan import check_engine_plan
+    from edgekit_runtime.backends.trt_plan import check_engine_plan
 
     model = AutoModelForCausalLM.from_pretrained(str(workspace / "teacher"), attn_implementation="eager")
     tok = AutoTokenizer.from_pretrained(str(workspace / "teacher"))

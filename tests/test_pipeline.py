@@ -321,7 +321,7 @@ def test_engine_plan_trtexec_line_matches_the_plan(tmp_path, profile_name, preci
         f" --maxShapes=input_ids:32x64,attention_mask:32x64{precision_flags}"
         f" --memPoolSize=workspace:{ws}M --skipInference")
     # The runtime accepts the plan as written and derives the same line from it.
-    from edgekit_runtime.trt_engine import check_engine_plan, trtexec_line
+    from edgekit_runtime.backends.tensorrt import check_engine_plan, trtexec_line
 
     checked = check_engine_plan(plan, ["input_ids", "attention_mask"])
     assert trtexec_line(checked) == plan["trtexec"]

@@ -374,7 +374,7 @@ def _qdq_linear_graph(path, k=64, n=96):
 def test_runtime_session_runs_qdq_matmuls_on_int8_kernels(tmp_path):
     """onnxruntime's MatMul+Add -> Gemm fusion keeps QDQ Linears in fp32; the runtime's session for
     int8 graphs turns it off so DQ -> MatMul becomes the int8 MatMulIntegerToFloat, same outputs."""
-    from edgekit_runtime.backends import ort_session
+    from edgekit_runtime.backends.ort import ort_session
 
     x = _qdq_linear_graph(tmp_path / "q.onnx")
     outputs, ops = {}, {}
@@ -393,7 +393,7 @@ def test_shared_activation_qdq_is_unshared_so_every_matmul_gets_int8(tmp_path):
     """One Q -> DQ read by two Linears (what onnxsim's CSE leaves for Q/K/V): onnxruntime fuses only
     some of them (here: none); after unshare_activation_qdq both are int8 MatMuls, identical outputs."""
     from edgekit.quant.onnx_int8 import unshare_activation_qdq
-    from edgekit_runtime.backends import ort_session
+    from edgekit_runtime.backends.ort import ort_session
 
     x = _qdq_linear_graph(tmp_path / "one.onnx")
     model = onnx.load(str(tmp_path / "one.onnx"))

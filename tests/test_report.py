@@ -158,7 +158,7 @@ def test_bench_results_drive_the_latency_plots(manifest, bundle, tmp_path):
 
 
 def test_real_bench_result_is_read(bundle, tmp_path):
-    from edgekit_runtime.cli import main as run_main
+    from edgekit_runtime.cli.main import main as run_main
 
     suite = tmp_path / "lat.toml"
     suite.write_text('[suite]\nname = "lat"\nthreads = 1\n[[run]]\nkind = "latency"\nwarmup = 1\niterations = 5\n'

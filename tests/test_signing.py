@@ -63,7 +63,7 @@ def test_sign_then_verify_round_trip(bundle, keys):
     assert (bundle / "manifest.json").read_bytes() == manifest_before
     rt.verify_bundle(bundle)
     assert rt.verify_signature(bundle, public)["key_id"] == rt.signing.key_id(rt.signing.load_public_key(public))
-    from edgekit_runtime.cli import main as run_main
+    from edgekit_runtime.cli.main import main as run_main
 
     assert run_main(["verify", str(bundle), "--public-key", str(public), "--require-signature"]) == 0
 

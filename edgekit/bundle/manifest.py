@@ -8,13 +8,15 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import onnx
+from edgekit_runtime.backends.tensorrt import ENGINE_FILE, trtexec_line, workspace_mb
 
 from .. import __version__
 
 if TYPE_CHECKING:
+    from edgekit_runtime.profile import DeviceProfile
+
     from ..compiler.state import CompileState
     from ..recipe import Recipe
-    from edgekit_runtime.profile import DeviceProfile
 
 MODEL_FILE = "model.onnx"
 TOKENIZER_FILE = "tokenizer.json"
@@ -73,7 +75,6 @@ def plan_for_shapes(profile: "DeviceProfile", precision: str, shapes: dict[str, 
                     ) -> dict[str, Any] | None:
     """The engine plan around given min / opt / max input shapes (None for a profile without
     TensorRT): precision flags, workspace, and the same build as a trtexec line."""
-    from edgekit_runtime.trt_engine import ENGINE_FILE, trtexec_line, workspace_mb
 
     if not any(b in ("tensorrt", "ort-tensorrt") for b in profile.backends):
         return None

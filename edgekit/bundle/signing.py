@@ -11,10 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from edgekit_runtime import archive_bundle
-from edgekit_runtime.bundle import atomic_write
+from edgekit_runtime.bundle.archive import open_bundle
+from edgekit_runtime.bundle.format import atomic_write
+from edgekit_runtime.bundle.signing import SIGNATURE, key_id, load_private_key, sign_bundle
 from edgekit_runtime.errors import SignatureError
-from edgekit_runtime.model import open_bundle
-from edgekit_runtime.signing import SIGNATURE, key_id, load_private_key, sign_bundle
 
 PRIVATE_KEY_FILE = "private.pem"
 PUBLIC_KEY_FILE = "public.pem"

@@ -17,7 +17,7 @@ from typing import Callable
 
 import edgekit_runtime
 from edgekit_runtime.errors import BundleError, EdgekitError
-from edgekit_runtime.signing import load_private_key
+from edgekit_runtime.bundle.signing import load_private_key
 
 from ..tasks import get_task
 from .state import CompileState

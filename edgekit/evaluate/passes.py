@@ -11,7 +11,7 @@ import numpy as np
 import onnx
 
 import edgekit_runtime
-from edgekit_runtime.backends import ort_session
+from edgekit_runtime.backends.ort import ort_session
 
 from ..compiler.state import CompileState, PassResult
 from ..export.decoder import position_ids_from_mask

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from edgekit_runtime.backends import ort_session
+from edgekit_runtime.backends.ort import ort_session
 from torch import nn
 
 from ..export.decoder import NP_TOKEN_DTYPES, empty_past, position_ids_from_mask

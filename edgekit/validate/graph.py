@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 import onnxruntime as ort
 import torch
-from edgekit_runtime.backends import ort_session as runtime_session
+from edgekit_runtime.backends.ort import ort_session as runtime_session
 from edgekit_runtime.errors import EdgekitError
 from edgekit_runtime.profile import Tolerance
 

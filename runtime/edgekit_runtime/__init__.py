@@ -18,12 +18,14 @@ elif _os.environ.get("ORT_DISABLE_TELEMETRY") != "1":
         "onnxruntime was imported before edgekit_runtime, so its telemetry could not be turned off. Fix: set "
         "ORT_DISABLE_TELEMETRY=1 in the environment, or import edgekit_runtime first.")
 
-from .backends import Backend, OrtBackend, select_backend  # noqa: E402
-from .bundle import SCHEMA_VERSION, archive_bundle, read_manifest, verify_bundle, write_bundle  # noqa: E402
+from .backends.base import Backend  # noqa: E402
+from .backends.ort import OrtBackend  # noqa: E402
+from .backends.select import select_backend  # noqa: E402
+from .bundle.format import SCHEMA_VERSION, archive_bundle, read_manifest, verify_bundle, write_bundle  # noqa: E402
 from .errors import BackendError, BundleError, EdgekitError, InputError, ProfileError, SignatureError  # noqa: E402
 from .model import BundleModel, CausalLMModel, load  # noqa: E402
-from .generate import GenerationConfig, GenerationResult, Generator  # noqa: E402
-from .signing import SIGNATURE, sign_bundle, verify_signature  # noqa: E402
+from .generation.generate import GenerationConfig, GenerationResult, Generator  # noqa: E402
+from .bundle.signing import SIGNATURE, sign_bundle, verify_signature  # noqa: E402
 from .profile import DeviceProfile, Tolerance, load_profile_file, profile_from_dict  # noqa: E402
 from .tasks import POSTPROCESSORS  # noqa: E402
 from .tokenizer import TextEncoder  # noqa: E402

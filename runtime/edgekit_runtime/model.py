@@ -7,95 +7,31 @@ that can be wrong with a bundle is found at load time, not at the first text.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import shutil
-import tarfile
-import tempfile
 import weakref
-from pathlib import Path, PurePosixPath
-from typing import Any, Iterator, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Mapping, Sequence
 
 import numpy as np
 
-from .backends import Backend, select_backend
-from .bundle import MANIFEST, manifest_value, read_manifest, verify_bundle
+from .backends.base import Backend
+from .backends.select import select_backend
+from .backends.tensorrt import check_engine_plan
+from .bundle.archive import materialize
+from .bundle.format import MANIFEST, manifest_value, read_manifest, verify_bundle
+from .bundle.signing import SIGNATURE, check_signature, signature_key
 from .errors import BackendError, BundleError, InputError, SignatureError
+from .generation.decoder import DecoderSpec, DecoderTokenizer, smoke_feeds
+from .generation.generate import GenerationConfig, Generator
 from .profile import BACKENDS, PRECISIONS, DeviceProfile, profile_from_dict
-from .signing import SIGNATURE, check_signature, signature_key
 from .tasks import TaskHead, get_task
 from .tokenizer import TextEncoder, check_texts
-from .trt_engine import check_engine_plan
 
 log = logging.getLogger("edgekit_runtime")
 
 SMOKE_TEXT = "edgekit runtime smoke test"
 CAUSAL_LM = "causal-lm"
-
-
-def _safe_members(tar: tarfile.TarFile, archive: Path) -> list[tarfile.TarInfo]:
-    members = tar.getmembers()
-    for m in members:
-        parts = PurePosixPath(m.name).parts
-        if PurePosixPath(m.name).is_absolute() or ".." in parts or m.name.startswith("\\"):
-            raise BundleError(f"{archive}: member {m.name!r} has an absolute path or '..' and would be written "
-                              f"outside the extraction directory; refusing to extract. Fix: pack the bundle with "
-                              f"`archive_bundle` (or tar from the bundle's parent directory).")
-        if not (m.isfile() or m.isdir()):
-            kind = "link" if (m.issym() or m.islnk()) else "special file"
-            raise BundleError(f"{archive}: member {m.name!r} is a {kind}; a bundle archive holds only regular files. "
-                              f"Fix: pack the bundle with `archive_bundle`.")
-    return members
-
-
-def extract_archive(archive: str | Path, dest: str | Path) -> Path:
-    """Extract a bundle archive into ``dest`` safely; return the bundle directory inside it."""
-    archive, dest = Path(archive), Path(dest)
-    try:
-        with tarfile.open(archive, "r:*") as tar:
-            members = _safe_members(tar, archive)
-            if hasattr(tarfile, "data_filter"):  # Python >= 3.11.4: a second, independent guard
-                tar.extractall(dest, members=members, filter="data")
-            else:
-                tar.extractall(dest, members=members)
-    except tarfile.TarError as exc:
-        raise BundleError(f"{archive}: not a readable tar archive ({exc}). Fix: re-copy the archive.") from None
-    if (dest / MANIFEST).is_file():
-        return dest
-    tops = list(dest.iterdir())
-    if len(tops) == 1 and (tops[0] / MANIFEST).is_file():
-        return tops[0]
-    raise BundleError(f"{archive}: holds no bundle: expected {MANIFEST} at the top or inside its single top-level "
-                      f"directory, found {sorted(p.name for p in tops)[:10]}. Fix: pack it with `archive_bundle`.")
-
-
-def _materialize(path: str | Path) -> tuple[Path, Path | None]:
-    """(bundle directory, temporary directory to remove or None) for a directory or an archive."""
-    path = Path(path)
-    if path.is_dir():
-        return path, None
-    if not path.exists():
-        raise BundleError(f"{path}: no such bundle. Fix: pass the directory `edgekit compile` wrote, or its .tar.")
-    if not tarfile.is_tarfile(path):
-        raise BundleError(f"{path}: neither a bundle directory nor a tar archive. Fix: pass the bundle directory "
-                          f"or the .tar that `edgekit compile --archive` wrote.")
-    tmp = Path(tempfile.mkdtemp(prefix="edgekit-bundle-"))
-    try:
-        return extract_archive(path, tmp), tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-
-
-@contextlib.contextmanager
-def open_bundle(path: str | Path) -> Iterator[Path]:
-    """The bundle directory for ``path``; an archive is extracted and removed on exit."""
-    bundle_dir, tmp = _materialize(path)
-    try:
-        yield bundle_dir
-    finally:
-        if tmp is not None:
-            shutil.rmtree(tmp, ignore_errors=True)
 
 
 def bundle_profile(manifest: Mapping[str, Any]) -> DeviceProfile:
@@ -230,7 +166,6 @@ class CausalLMModel(BundleModel):
 
     def __init__(self, *args: Any, decoder: tuple[Any, Any]):
         super().__init__(*args)
-        from .generate import Generator
 
         self.spec, defaults = decoder
         self.generator = Generator(self.backend, self.spec, self.encoder, defaults)
@@ -268,7 +203,7 @@ def load(path: str | Path, *, verify: bool = True, backend: str | None = None,
         raise SignatureError(f"{path}: verify=False with a signature check: the signature covers the manifest, "
                              f"and only verify=True checks the files against it. Fix: keep verify=True.")
     public_key = signature_key(public_key, require_signature)  # a bad key fails before any extraction
-    bundle_dir, tmp = _materialize(path)
+    bundle_dir, tmp = materialize(path)
     try:
         if verify:
             manifest = verify_bundle(bundle_dir)
@@ -287,8 +222,6 @@ def load(path: str | Path, *, verify: bool = True, backend: str | None = None,
                                   if isinstance(s, dict)])
         decoder = None
         if task.name == CAUSAL_LM:  # generation: its own tokenizer use, smoke feed and model class
-            from .decoder import DecoderSpec, DecoderTokenizer, smoke_feeds
-            from .generate import GenerationConfig
 
             spec = DecoderSpec.from_manifest(manifest)
             encoder = DecoderTokenizer.from_manifest(bundle_dir, manifest, spec)

@@ -13,7 +13,7 @@ from typing import Any, Callable, Mapping
 
 import numpy as np
 
-from .bundle import manifest_value
+from .bundle.format import manifest_value
 from .errors import BackendError, BundleError, InputError
 from .tokenizer import EncodedBatch
 

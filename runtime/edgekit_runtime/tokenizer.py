@@ -11,7 +11,7 @@ from typing import Any, Iterable, Mapping, Sequence
 import numpy as np
 from tokenizers import Encoding, Tokenizer
 
-from .bundle import manifest_value
+from .bundle.format import manifest_value
 from .errors import BundleError, InputError
 
 # Graph input name -> the tokenizers.Encoding attribute that feeds it.

@@ -75,7 +75,7 @@ class Qwen:
 
 
 def run_cli(args, capsys, stdin=None, monkeypatch=None):
-    from edgekit_runtime.cli import main
+    from edgekit_runtime.cli.main import main
 
     if stdin is not None:
         import io

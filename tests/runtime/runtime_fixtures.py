@@ -10,7 +10,7 @@ import warnings
 from pathlib import Path
 
 from edgekit_runtime import load_profile_file, profile_from_dict
-from edgekit_runtime.trt_plan import trtexec_line
+from edgekit_runtime.backends.trt_plan import trtexec_line
 
 REPO = Path(__file__).resolve().parents[2]
 LABELS = ["negative", "neutral", "positive"]

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 
-from edgekit_runtime.backends import Backend, TensorSpec
-from edgekit_runtime.chat import ChatTemplate
-from edgekit_runtime.decoder import BufferCache, DecoderSpec, DecoderTokenizer, PresentCache, kv_names
-from edgekit_runtime.detokenize import IncrementalDetokenizer, StopText, ThinkText
+from edgekit_runtime.backends.base import Backend, TensorSpec
+from edgekit_runtime.generation.chat import ChatTemplate
+from edgekit_runtime.generation.decoder import BufferCache, DecoderSpec, DecoderTokenizer, PresentCache, kv_names
+from edgekit_runtime.generation.detokenize import IncrementalDetokenizer, StopText, ThinkText
 from edgekit_runtime.errors import BackendError, BundleError, InputError
-from edgekit_runtime.generate import GenerationConfig, Generator
-from edgekit_runtime.sampling import filter_top_k, filter_top_p, greedy, row_generators, sample
+from edgekit_runtime.generation.generate import GenerationConfig, Generator
+from edgekit_runtime.generation.sampling import filter_top_k, filter_top_p, greedy, row_generators, sample
 from decoder_bundles import ASSISTANT, CHAT_TEMPLATE, EOS, PAD, SECRET, THINK_END, THINK_START, USER
 
 CORPUS = ["the cat sees the door and waits", "a dog follows the red ball", "my phone charges by the window",

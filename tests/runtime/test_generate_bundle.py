@@ -120,7 +120,7 @@ def test_generation_imports_neither_torch_nor_transformers(qwen, tmp_path):
     script = textwrap.dedent(f"""
         import sys
         import edgekit_runtime
-        from edgekit_runtime import cli
+        from edgekit_runtime.cli import main as cli
         model = edgekit_runtime.load({str(qwen.bundle)!r})
         out = model.generate(["the cat"], max_new_tokens=4, think="strip")
         assert out[0].completion_tokens == 4, out
@@ -149,7 +149,7 @@ def test_contrib_graph_generates_what_transformers_does_with_the_cache_in_place(
     in place): 64 greedy tokens equal transformers' for a left-padded batch and one by one, and
     equal what the same graph gives with the cache fed back as numpy (kv_cache='present')."""
     import edgekit_runtime as rt
-    from edgekit_runtime.generate import Generator
+    from edgekit_runtime.generation.generate import Generator
 
     expected = qwen_contrib.hf_generate(QWEN_PROMPTS, 64, qwen_contrib.tok.eos_token_id)
     with rt.load(qwen_contrib.bundle) as model:
@@ -183,7 +183,7 @@ def test_contrib_graph_prefills_a_multi_chunk_batch_row_by_row(qwen_contrib):
 
 
 def test_bound_cache_is_refused_for_a_standard_graph(qwen_model):
-    from edgekit_runtime.generate import Generator
+    from edgekit_runtime.generation.generate import Generator
 
     with pytest.raises(InputError, match="kv_cache='bound'.*graph_ops='standard'.*Fix: leave kv_cache unset"):
         Generator(qwen_model.backend, qwen_model.spec, qwen_model.encoder, kv_cache="bound")

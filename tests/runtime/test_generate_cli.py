@@ -87,7 +87,7 @@ def _call(server, method, path, body=None):
 
 @pytest.fixture(scope="module")
 def qwen_server(qwen_model):
-    from edgekit_runtime.serve import PredictServer, ServeConfig
+    from edgekit_runtime.serve.server import PredictServer, ServeConfig
 
     server = PredictServer(qwen_model, ServeConfig(port=0)).start()
     yield server
@@ -155,7 +155,7 @@ def test_concurrent_generate_requests_with_equal_settings_share_a_batch(qwen_mod
     import time
     from concurrent.futures import ThreadPoolExecutor
 
-    from edgekit_runtime.serve import PredictServer, ServeConfig
+    from edgekit_runtime.serve.server import PredictServer, ServeConfig
 
     gate, entered, sizes = threading.Event(), threading.Event(), []
     run = qwen_model.generator.run
@@ -192,7 +192,7 @@ def test_concurrent_generate_requests_with_equal_settings_share_a_batch(qwen_mod
 
 def test_classification_serve_points_generate_to_predict(tiny_bundle):
     import edgekit_runtime as rt
-    from edgekit_runtime.serve import PredictServer, ServeConfig
+    from edgekit_runtime.serve.server import PredictServer, ServeConfig
 
     with rt.load(tiny_bundle) as model:
         server = PredictServer(model, ServeConfig(port=0)).start()

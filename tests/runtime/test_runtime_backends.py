@@ -8,7 +8,7 @@ import logging
 import pytest
 
 import edgekit_runtime as rt
-from edgekit_runtime.backends import select_backend
+from edgekit_runtime.backends.select import select_backend
 
 from runtime_fixtures import cpu_profile_dict, gpu_profile
 
@@ -48,7 +48,7 @@ def test_a_failing_smoke_run_falls_back(tiny_bundle):
         calls.append(backend.name)
         if len(calls) == 1:
             return {"input_ids": None}  # the first backend gets a feed it cannot run
-        return rt.backends.smoke_feeds(backend.inputs)
+        return rt.backends.ort.smoke_feeds(backend.inputs)
 
     backend, reasons = select_backend(tiny_bundle / "model.onnx", _profile(["ort-cpu"]),
                                       backends=["ort-cpu", "ort-cpu"], feed_builder=feeds)

@@ -19,7 +19,7 @@ from edgekit_runtime.bench.env import ENV_KEYS, environment, jetson_info
 from edgekit_runtime.bench.runner import SCHEMA, VERSION, fixed_feeds, long_feeds
 from edgekit_runtime.bench.suite import GENERATION_KINDS, SuiteError, load_suite
 from edgekit_runtime.bench.suite import KINDS as ALL_KINDS
-from edgekit_runtime.cli import main
+from edgekit_runtime.cli.main import main
 
 from runtime_fixtures import LABELS, REPO
 

@@ -10,7 +10,7 @@ import tarfile
 import pytest
 
 import edgekit_runtime as rt
-from edgekit_runtime.bundle import canonical_json, _manifest_digest
+from edgekit_runtime.bundle.format import canonical_json, _manifest_digest
 
 
 def test_fresh_bundle_verifies(tiny_bundle):

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from edgekit_runtime.cli import main
+from edgekit_runtime.cli.main import main
 
 from runtime_fixtures import LABELS
 

@@ -19,8 +19,8 @@ from concurrent.futures import ThreadPoolExecutor
 import pytest
 
 import edgekit_runtime as rt
-from edgekit_runtime.cli import main
-from edgekit_runtime.serve import PredictServer, ServeConfig, ServeError
+from edgekit_runtime.cli.main import main
+from edgekit_runtime.serve.server import PredictServer, ServeConfig, ServeError
 
 from runtime_fixtures import LABELS, MAX_LENGTH
 

@@ -17,8 +17,8 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ed25519
 
 import edgekit_runtime as rt
-from edgekit_runtime.bundle import _manifest_digest, canonical_json
-from edgekit_runtime.cli import main
+from edgekit_runtime.bundle.format import _manifest_digest, canonical_json
+from edgekit_runtime.cli.main import main
 
 INSTALL = 'pip install "edgekit-runtime[signing]"'
 
@@ -81,7 +81,7 @@ def test_manifest_changed_after_signing_is_refused(signed, keys, change):
         else:  # swap the model and fix its hash: verify_bundle alone would accept this bundle
             path = signed / "model.onnx"
             path.write_bytes(path.read_bytes() + b"\0")
-            manifest["files"]["model.onnx"] = {"sha256": rt.bundle.sha256_file(path), "bytes": path.stat().st_size}
+            manifest["files"]["model.onnx"] = {"sha256": rt.bundle.format.sha256_file(path), "bytes": path.stat().st_size}
 
     _rewrite_manifest(signed, mutate)
     rt.verify_bundle(signed)  # the integrity check alone passes: only the signature catches this
@@ -160,7 +160,7 @@ def test_missing_cryptography_names_the_extra(signed, keys, monkeypatch, capsys)
 def test_no_flags_never_imports_cryptography(signed, tmp_path):
     script = textwrap.dedent(f"""
         import sys
-        from edgekit_runtime.cli import main
+        from edgekit_runtime.cli.main import main
         assert main(["verify", {str(signed)!r}]) == 0
         assert "cryptography" not in sys.modules, "cryptography was imported"
     """)

@@ -18,11 +18,12 @@ import onnxruntime as ort
 import pytest
 
 import edgekit_runtime as rt
-from edgekit_runtime import bundle as rt_bundle
-from edgekit_runtime import trt_engine
-from edgekit_runtime.backends import TensorSpec, select_backend
-from edgekit_runtime.bundle import canonical_json, sha256_file
-from edgekit_runtime.trt_engine import (TensorRTBackend, engine_cache_key)
+from edgekit_runtime.bundle import format as rt_bundle
+from edgekit_runtime.backends import tensorrt as trt_engine
+from edgekit_runtime.backends.base import TensorSpec
+from edgekit_runtime.backends.select import select_backend
+from edgekit_runtime.bundle.format import canonical_json, sha256_file
+from edgekit_runtime.backends.tensorrt import (TensorRTBackend, engine_cache_key)
 
 from runtime_fixtures import INPUTS, LABELS, MAX_LENGTH, MODEL_SHA, gpu_profile, make_plan
 

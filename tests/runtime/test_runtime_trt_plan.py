@@ -10,8 +10,8 @@ import onnxruntime as ort
 import pytest
 
 import edgekit_runtime as rt
-from edgekit_runtime.cli import main
-from edgekit_runtime.trt_engine import (check_engine_plan, ort_engine_dir, ort_tensorrt_options, profile_shapes,
+from edgekit_runtime.cli.main import main
+from edgekit_runtime.backends.tensorrt import (check_engine_plan, ort_engine_dir, ort_tensorrt_options, profile_shapes,
                                         trtexec_command, workspace_mb)
 
 from runtime_fixtures import INPUTS, MODEL_SHA, make_plan
@@ -121,9 +121,9 @@ def test_the_plan_reaches_the_ort_tensorrt_provider(trt_bundle, cache_dir, monke
 
         return Session()
 
-    monkeypatch.setattr(rt.backends.ort, "get_available_providers",
+    monkeypatch.setattr(rt.backends.select.ort, "get_available_providers",
                         lambda: ["TensorrtExecutionProvider", "CPUExecutionProvider"])
-    monkeypatch.setattr(rt.backends, "ort_session", fake_session)
+    monkeypatch.setattr(rt.backends.ort, "ort_session", fake_session)
     plan = make_plan(["int8", "fp16"], workspace=1024)
     bundle = trt_bundle(plan, backends=["ort-tensorrt", "ort-cpu"])
     model = rt.load(bundle)

@@ -18,6 +18,10 @@ import sys
 from pathlib import Path
 from typing import Any, Callable
 
+import numpy
+
+from .. import __version__
+
 ENV_KEYS = ("cpu_model", "cpu_cores", "cpu_usable_cores", "memory_total_mb", "os", "os_release", "distro",
             "architecture", "python", "numpy", "onnxruntime", "onnxruntime_providers", "tokenizers",
             "edgekit_runtime", "tensorrt", "gpu", "git_commit", "jetson")
@@ -122,10 +126,8 @@ def _git_commit(which) -> str | None:
 
 def environment(root: str | Path = "/", which: Callable[[str], str | None] = shutil.which) -> dict[str, Any]:
     """The record every result carries (``ENV_KEYS``). ``root`` and ``which`` exist for tests."""
-    import numpy
     import onnxruntime
 
-    from .. import __version__
 
     root = Path(root)
     try:

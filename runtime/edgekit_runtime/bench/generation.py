@@ -12,7 +12,7 @@ from .data import read_texts
 from .stats import Metric, latency_stats
 
 if TYPE_CHECKING:
-    from .runner import Context
+    from .context import Context
     from .suite import RunSpec
 
 

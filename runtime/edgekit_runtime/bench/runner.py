@@ -33,7 +33,6 @@ import subprocess
 import sys
 import time
 import traceback
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
@@ -42,10 +41,11 @@ import numpy as np
 
 from .. import metrics as M
 from ..errors import EdgekitError
+from .context import Context
 from .data import build_mix, read_labelled, read_texts
 from .env import environment
 from .generation import run_generation
-from .serve_client import BenchRunError, _connection, _get, _Server, child_env, open_loop
+from .serve_client import BenchRunError, ServeTarget, child_env, connection, get_json, open_loop
 from .stats import Metric, latency_stats
 from .suite import RunSpec, Suite
 
@@ -53,25 +53,13 @@ SCHEMA, VERSION = "edgekit-bench", 1
 PROBE = Path(__file__).resolve().with_name("memprobe.py")
 
 
-@dataclass
-class Context:
-    """One bundle under test: the loaded model and how it was loaded."""
-
-    label: str
-    bundle: str
-    model: Any
-    threads: int | None
-    backend: str | None  # the backend asked for (None: the profile's first that works)
-    progress: Callable[[str], None] = lambda line: None
-    verbose: bool = False
-    extra: dict = field(default_factory=dict)
 
 
 def _now() -> str:
     return datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
-def _failure(exc: BaseException) -> str:
+def failure(exc: BaseException) -> str:
     """An error as one line; only the type of foreign exceptions (their message might quote a text)."""
     if isinstance(exc, EdgekitError):
         return " ".join(str(exc).split())
@@ -127,7 +115,7 @@ def run_latency(ctx: Context, spec: RunSpec) -> tuple[dict[str, Metric], dict[st
                 _timed(lambda: model.backend.run(feeds), spec["warmup"])
                 times = _timed(lambda: model.backend.run(feeds), spec["iterations"])
             except EdgekitError as exc:  # e.g. a TensorRT engine built for smaller shapes
-                info["skipped"].append({"shape": group, "reason": _failure(exc)})
+                info["skipped"].append({"shape": group, "reason": failure(exc)})
                 continue
             metrics.update(latency_stats(group, times))
             info["timings_ms"][group] = [round(t * 1e3, 4) for t in times]
@@ -281,20 +269,20 @@ def run_stress(ctx: Context, spec: RunSpec) -> tuple[dict[str, Metric], dict[str
         bodies.append((json.dumps({"texts": [texts[t] for t in ids]}).encode("utf-8"), ids))
     ctx.progress(f"starting the server ({spec['server']}, max batch {spec['max_batch']}, "
                  f"max wait {spec['max_wait_ms']:g} ms)")
-    server = _Server(ctx, spec, max_texts=k)
+    server = ServeTarget(ctx, spec, max_texts=k)
     try:
         if spec["warmup_requests"]:
-            conn = _connection(server.url, spec["timeout_s"])
+            conn = connection(server.url, spec["timeout_s"])
             for i in range(spec["warmup_requests"]):
                 conn.request("POST", "/predict", body=bodies[i % len(bodies)][0],
                              headers={"Content-Type": "application/json"})
                 conn.getresponse().read()
             conn.close()
-        before = _get(server.url, "/health")["batches"]
+        before = get_json(server.url, "/health")["batches"]
         ctx.progress(f"{spec['clients']} clients at {spec['rate']:g} requests/s for {spec['duration_s']:g} s")
         r = open_loop(server.url, bodies, reference, clients=spec["clients"], rate=spec["rate"],
                       duration_s=spec["duration_s"], timeout_s=spec["timeout_s"])
-        batches = _get(server.url, "/health")["batches"] - before
+        batches = get_json(server.url, "/health")["batches"] - before
     finally:
         exit_code = server.stop()
     metrics: dict[str, Metric] = {
@@ -429,7 +417,7 @@ def execute(ctx: Context, spec: RunSpec) -> dict[str, Any]:
     except Exception as exc:
         if ctx.verbose:
             traceback.print_exc()
-        metrics, info, error = {}, {}, _failure(exc)
+        metrics, info, error = {}, {}, failure(exc)
         ctx.progress(f"FAILED: {error}")
     return {"metrics": metrics, "info": info, "seconds": time.perf_counter() - t, "error": error}
 

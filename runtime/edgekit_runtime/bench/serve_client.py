@@ -18,9 +18,10 @@ from typing import TYPE_CHECKING, Any, Mapping, Sequence
 import numpy as np
 
 from ..errors import EdgekitError
+from ..serve.server import PredictServer, ServeConfig
 
 if TYPE_CHECKING:
-    from .runner import Context
+    from .context import Context
     from .suite import RunSpec
 
 PKG_ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))  # holds edgekit_runtime/
@@ -42,7 +43,7 @@ def child_env() -> dict[str, str]:
 _URL = re.compile(r"http://[\d.]+:\d+")
 
 
-class _Server:
+class ServeTarget:
     """`edgekit-run serve` on loopback port 0, as a subprocess or in this process."""
 
     def __init__(self, ctx: Context, spec: RunSpec, max_texts: int):
@@ -50,7 +51,6 @@ class _Server:
         self.server = None
         queue_size = max(256, max_texts)
         if spec["server"] == "in-process":
-            from ..serve import PredictServer, ServeConfig
 
             self.server = PredictServer(ctx.model, ServeConfig(port=0, max_batch=spec["max_batch"],
                                                                max_wait_ms=spec["max_wait_ms"], queue_size=queue_size,
@@ -109,13 +109,13 @@ class _Server:
             return self.proc.wait()
 
 
-def _connection(url: str, timeout: float) -> http.client.HTTPConnection:
+def connection(url: str, timeout: float) -> http.client.HTTPConnection:
     host, port = url.removeprefix("http://").rsplit(":", 1)
     return http.client.HTTPConnection(host, int(port), timeout=timeout)
 
 
-def _get(url: str, path: str) -> dict:
-    conn = _connection(url, 30)
+def get_json(url: str, path: str) -> dict:
+    conn = connection(url, 30)
     try:
         conn.request("GET", path)
         return json.loads(conn.getresponse().read())
@@ -141,7 +141,7 @@ def open_loop(url: str, bodies: Sequence[tuple[bytes, list[int]]], reference: Se
     barrier = threading.Barrier(clients + 1)
 
     def client(out: dict) -> None:
-        conn = _connection(url, timeout_s)
+        conn = connection(url, timeout_s)
         barrier.wait()
         t0 = state["t0"]
         while True:
@@ -167,7 +167,7 @@ def open_loop(url: str, bodies: Sequence[tuple[bytes, list[int]]], reference: Se
             except (OSError, http.client.HTTPException):
                 out["lost"] += 1
                 conn.close()
-                conn = _connection(url, timeout_s)
+                conn = connection(url, timeout_s)
                 continue
             end = time.perf_counter()
             out["last"] = max(out["last"], end)

@@ -15,8 +15,8 @@ import shlex
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
-from .bundle import MANIFEST, canonical_json
-from .errors import BundleError
+from ..bundle.format import MANIFEST, canonical_json
+from ..errors import BundleError
 
 PLAN_FLAGS = ("int8", "fp16")
 SHAPE_KEYS = ("min", "opt", "max")

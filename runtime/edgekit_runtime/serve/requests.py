@@ -9,17 +9,17 @@ import json
 from dataclasses import fields
 from typing import Any
 
-from .chat import check_messages
-from .errors import InputError
-from .tokenizer import check_texts
+from ..errors import InputError
+from ..generation.chat import check_messages
+from ..generation.config import GenerationConfig
+from ..tokenizer import check_texts
 
 REQUEST_KEYS = ("texts",)
 PROMPT_KEYS = ("prompt", "messages")
 GENERATE_EXAMPLE = '{"prompt": "What is 17 * 23?", "max_new_tokens": 128}'
 
 
-def _generate_options() -> list[str]:
-    from .generate import GenerationConfig
+def generate_options() -> list[str]:
 
     return [f.name for f in fields(GenerationConfig) if f.name != "batch_size"]
 
@@ -102,7 +102,7 @@ def parse_generate_body(body: bytes, model: Any) -> tuple[Any, Any]:
     """(prepared prompt, GenerationConfig) of a POST /generate body: {"prompt": str} or
     {"messages": [...]}, plus generation options; a RequestError names the field at fault."""
     data = _json_object(body, GENERATE_EXAMPLE, "a 'prompt' string or a 'messages' list")
-    options = _generate_options()
+    options = generate_options()
     unknown = sorted(k for k in data if k not in (*PROMPT_KEYS, *options))
     given = [k for k in PROMPT_KEYS if k in data]
     if unknown or len(given) != 1:

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import importlib
 import logging
 import threading
 from pathlib import Path
@@ -20,13 +21,23 @@ from typing import Any, Mapping
 
 import numpy as np
 
-from .backends import Backend, TensorSpec, _Skip, _trt_cache_dir
-from .bundle import sha256_file
-from .errors import BackendError
+from ..bundle.format import sha256_file
+from ..errors import BackendError
+from .base import Backend, Skip, TensorSpec, trt_cache_dir
 from .trt_cache import CACHE_FORMAT, EngineCache, engine_cache_key  # noqa: F401  (re-exported)
-from .trt_plan import (ENGINE_FILE, MIN_WORKSPACE_MB, PLAN_FLAGS, SHAPE_KEYS, check_engine_plan,  # noqa: F401
-                       ort_engine_dir, ort_tensorrt_options, profile_shapes, trtexec_command, trtexec_line,
-                       workspace_mb)
+from .trt_plan import (  # noqa: F401
+    ENGINE_FILE,
+    MIN_WORKSPACE_MB,
+    PLAN_FLAGS,
+    SHAPE_KEYS,
+    check_engine_plan,
+    ort_engine_dir,
+    ort_tensorrt_options,
+    profile_shapes,
+    trtexec_command,
+    trtexec_line,
+    workspace_mb,
+)
 
 log = logging.getLogger("edgekit_runtime")
 
@@ -42,9 +53,9 @@ class TensorRTBackend(Backend):
                  cache_dir: str | Path | None = None):
         model_path = Path(model_path)
         if adapter is None:
-            adapter = TensorRTAdapter.create()  # _Skip when tensorrt or a CUDA memory API is missing
+            adapter = TensorRTAdapter.create()  # Skip when tensorrt or a CUDA memory API is missing
         if plan is None:
-            raise _Skip("the bundle has no engine_plan (compiled for a profile without TensorRT, or by an older "
+            raise Skip("the bundle has no engine_plan (compiled for a profile without TensorRT, or by an older "
                         "edgekit); recompile it for this TensorRT profile")
         plan = check_engine_plan(plan)
         workspace = plan.get("workspace_mb") or workspace_mb(memory_budget_mb or 4 * MIN_WORKSPACE_MB)
@@ -54,7 +65,7 @@ class TensorRTBackend(Backend):
         self.notes = self._device_notes(adapter, plan)
         for note in self.notes:
             log.warning("%s", note)
-        cache = EngineCache(cache_dir if cache_dir is not None else _trt_cache_dir())
+        cache = EngineCache(cache_dir if cache_dir is not None else trt_cache_dir())
         self.runner, self.cache_status = cache.get(adapter, model_path, plan, model_sha256, workspace)
         self.inputs = tuple(self.runner.inputs)
         self.outputs = tuple(self.runner.outputs)
@@ -126,7 +137,7 @@ class _CudaPython:
 
     def device(self) -> tuple[str, str]:
         if self._call("cudaGetDeviceCount", self.rt.cudaGetDeviceCount()) < 1:
-            raise _Skip("CUDA sees no GPU here")
+            raise Skip("CUDA sees no GPU here")
         prop = self._call("cudaGetDeviceProperties", self.rt.cudaGetDeviceProperties(0))
         name = prop.name.decode("utf-8", "replace") if isinstance(prop.name, bytes) else str(prop.name)
         return name.rstrip("\x00").strip(), f"{prop.major}.{prop.minor}"
@@ -188,7 +199,7 @@ class _CudaCtypes:
         count = ctypes.c_int(0)
         self._check("cudaGetDeviceCount", self.lib.cudaGetDeviceCount(ctypes.byref(count)))
         if count.value < 1:
-            raise _Skip("CUDA sees no GPU here")
+            raise Skip("CUDA sees no GPU here")
         major, minor = ctypes.c_int(0), ctypes.c_int(0)
         self._check("cudaDeviceGetAttribute", self.lib.cudaDeviceGetAttribute(ctypes.byref(major), self.CC_MAJOR, 0))
         self._check("cudaDeviceGetAttribute", self.lib.cudaDeviceGetAttribute(ctypes.byref(minor), self.CC_MINOR, 0))
@@ -224,17 +235,16 @@ class _CudaCtypes:
 
 
 def _cuda_memory() -> Any:
-    """cuda-python if importable, else libcudart through ctypes; _Skip naming both when neither is."""
+    """cuda-python if importable, else libcudart through ctypes; Skip naming both when neither is."""
     for module in ("cuda.bindings.runtime", "cuda.cudart"):
         try:
-            import importlib
             return _CudaPython(importlib.import_module(module))
         except Exception:
             continue
     lib = _CudaCtypes.open()
     if lib is not None:
         return lib
-    raise _Skip("tensorrt is importable but no CUDA memory API is: neither cuda-python (`pip install cuda-python`) "
+    raise Skip("tensorrt is importable but no CUDA memory API is: neither cuda-python (`pip install cuda-python`) "
                 f"nor the CUDA runtime library ({', '.join(_CudaCtypes.NAMES)}) on the library path "
                 "(on a Jetson: add /usr/local/cuda/lib64 to LD_LIBRARY_PATH); using the next backend")
 
@@ -312,7 +322,7 @@ class TensorRTAdapter:
         try:
             import tensorrt as trt  # only present on TensorRT machines
         except Exception as exc:
-            raise _Skip(f"the 'tensorrt' Python package is not importable here ({type(exc).__name__}: {exc}); "
+            raise Skip(f"the 'tensorrt' Python package is not importable here ({type(exc).__name__}: {exc}); "
                         f"using the next backend") from None
         return cls(trt, _cuda_memory())
 

@@ -13,10 +13,10 @@ import time
 import traceback
 from typing import TYPE_CHECKING, Any, Callable
 
-from .errors import EdgekitError
+from ..errors import EdgekitError
 
 if TYPE_CHECKING:
-    from .serve import ServeConfig
+    from .config import ServeConfig
 
 log = logging.getLogger("edgekit_runtime")
 
@@ -42,7 +42,7 @@ class Job:
         self.done.set()
 
 
-def _failure(exc: BaseException) -> str:
+def failure(exc: BaseException) -> str:
     """What an inference failure says: an EdgekitError's message (it never quotes a text); for any
     other exception only its type, since a third-party message might quote the input."""
     if isinstance(exc, EdgekitError):
@@ -127,9 +127,9 @@ class MicroBatcher:
                 for job in jobs:
                     self._run([job])
                 return
-            log.error("inference failed for a request of %d texts: %s", len(texts), _failure(exc))
+            log.error("inference failed for a request of %d texts: %s", len(texts), failure(exc))
             log.debug("traceback (frames only):\n%s", "".join(traceback.format_tb(exc.__traceback__)))
-            jobs[0].finish(error=(500, f"inference failed: {_failure(exc)}",
+            jobs[0].finish(error=(500, f"inference failed: {failure(exc)}",
                                   "the server is still running; retry, and if it fails again run "
                                   "`edgekit-run predict` on the same texts with --verbose to see the cause"))
             return

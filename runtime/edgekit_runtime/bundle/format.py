@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any, Mapping
 
-from .errors import BundleError
+from ..errors import BundleError
 
 SCHEMA_VERSION = 1
 FORMAT = "edgekit-bundle"

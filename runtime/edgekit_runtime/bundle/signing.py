@@ -16,8 +16,9 @@ import json
 from pathlib import Path
 from typing import Any, Mapping
 
-from .bundle import MANIFEST, atomic_write, canonical_json, verify_bundle
-from .errors import BundleError, SignatureError
+from ..errors import BundleError, SignatureError
+from .archive import open_bundle
+from .format import MANIFEST, atomic_write, canonical_json, verify_bundle
 
 SIGNATURE = "manifest.sig"
 SIGNATURE_FORMAT = "edgekit-signature"
@@ -159,7 +160,6 @@ def verify_signature(bundle: str | Path, public_key, *, manifest: Mapping[str, A
     from cryptography.exceptions import InvalidSignature  # present: load_public_key imported cryptography
     bundle = Path(bundle)
     if bundle.is_file():  # a .tar from archive_bundle: check the manifest.sig it carries
-        from .model import open_bundle
 
         with open_bundle(bundle) as bundle_dir:
             return verify_signature(bundle_dir, key, manifest=manifest)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime as _dt
+import fcntl
 import hashlib
 import json
 import logging
@@ -13,8 +14,8 @@ import time
 from pathlib import Path
 from typing import Any, Iterator, Mapping
 
-from .bundle import atomic_write, canonical_json
-from .errors import BackendError
+from ..bundle.format import atomic_write, canonical_json
+from ..errors import BackendError
 
 log = logging.getLogger("edgekit_runtime")
 
@@ -36,7 +37,6 @@ def engine_cache_key(*, gpu: str, compute_capability: str, tensorrt: str, model_
 def _locked(path: Path) -> Iterator[None]:
     """An exclusive advisory lock, so two processes starting together build an engine once."""
     try:
-        import fcntl
         fh = open(path, "a+b")
     except (ImportError, OSError):  # no fcntl (Windows) or no write access: go on unlocked
         yield

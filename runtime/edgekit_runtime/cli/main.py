@@ -14,7 +14,7 @@ import os
 import sys
 from typing import Any, Sequence
 
-from .cli_common import (EXIT_FAIL, EXIT_OK, EXIT_USAGE, PROG, UsageError as _UsageError, add_signature_arguments,
+from .common import (EXIT_FAIL, EXIT_OK, EXIT_USAGE, PROG, UsageError as _UsageError, add_signature_arguments,
                          milliseconds as _milliseconds, one_line as _one_line, port as _port,
                          positive_int as _positive_int, signature_key_from_args)
 
@@ -27,9 +27,10 @@ class _Parser(argparse.ArgumentParser):
 # ---------------------------------------------------------------- verify
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from .bundle import verify_bundle
-    from .model import bundle_profile, open_bundle
-    from .signing import SIGNATURE, check_signature
+    from ..bundle.format import verify_bundle
+    from ..bundle.archive import open_bundle
+    from ..model import bundle_profile
+    from ..bundle.signing import SIGNATURE, check_signature
 
     key = signature_key_from_args(args)
     with open_bundle(args.bundle) as bundle_dir:
@@ -84,8 +85,8 @@ def _engine_plan_info(plan: Any) -> dict[str, Any] | None:
         return None
     out = dict(plan)
     if not isinstance(out.get("trtexec"), str):
-        from .errors import BundleError
-        from .trt_engine import check_engine_plan, trtexec_line
+        from ..errors import BundleError
+        from ..backends.tensorrt import check_engine_plan, trtexec_line
 
         try:
             out["trtexec"] = trtexec_line(check_engine_plan(plan))
@@ -137,8 +138,8 @@ def _io_line(specs: Any) -> str:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from .bundle import read_manifest
-    from .model import open_bundle
+    from ..bundle.format import read_manifest
+    from ..bundle.archive import open_bundle
 
     with open_bundle(args.bundle) as bundle_dir:
         manifest = read_manifest(bundle_dir)
@@ -196,9 +197,9 @@ def _read_texts(args: argparse.Namespace) -> tuple[list[str], str]:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from .errors import InputError
-    from .model import load
-    from .tokenizer import check_texts
+    from ..errors import InputError
+    from ..model import load
+    from ..tokenizer import check_texts
 
     key = signature_key_from_args(args)
     texts, source = _read_texts(args)
@@ -229,9 +230,9 @@ def cmd_predict(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- serve
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from .errors import InputError
-    from .model import load
-    from .serve import ServeConfig, serve
+    from ..errors import InputError
+    from ..model import load
+    from ..serve.server import ServeConfig, serve
 
     try:  # before loading: contradictory limits should not cost a model load
         config = ServeConfig(host=args.host, port=args.port, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
@@ -248,8 +249,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- bench
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from .bench.command import run
-    from .bench.suite import SuiteError
+    from ..bench.command import run
+    from ..bench.suite import SuiteError
 
     try:
         return run(args, _UsageError)
@@ -260,7 +261,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
-    from .profile import BACKENDS
+    from ..profile import BACKENDS
 
     fmt = argparse.RawDescriptionHelpFormatter
     parser = _Parser(prog=PROG, formatter_class=fmt,
@@ -319,7 +320,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_signature_arguments(p)
     p.set_defaults(func=cmd_predict)
 
-    from .cli_generate import add_generate_parser
+    from .generate import add_generate_parser
 
     add_generate_parser(sub, fmt, verbose, bundle_help, BACKENDS)
 
@@ -372,7 +373,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="force one of the profile's backends (default: the first that works here)")
     p.set_defaults(func=cmd_serve)
 
-    from .bench.command import add_arguments as add_bench_arguments
+    from ..bench.command import add_arguments as add_bench_arguments
 
     p = sub.add_parser("bench", formatter_class=fmt, parents=[verbose],
                        help="run a benchmark suite (latency, throughput, memory, accuracy, stress, mix; "
@@ -412,7 +413,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logger = logging.getLogger("edgekit_runtime")
     logger.addHandler(handler)
     logger.setLevel(logging.INFO if args.verbose else logging.WARNING)
-    from .errors import EdgekitError
+    from ..errors import EdgekitError
 
     try:
         return args.func(args)

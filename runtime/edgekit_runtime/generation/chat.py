@@ -11,7 +11,7 @@ import json
 from datetime import datetime
 from typing import Any, Mapping, Sequence
 
-from .errors import BundleError, InputError
+from ..errors import BundleError, InputError
 
 ROLES = ("system", "user", "assistant", "tool")
 

@@ -20,15 +20,16 @@ import socketserver
 import sys
 import threading
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any, Callable, Sequence
 from urllib.parse import urlsplit
 
-from .batching import MicroBatcher, QueueFull, _failure
-from .errors import EdgekitError, InputError
-from .serve_requests import GENERATE_EXAMPLE, RequestError, _generate_options, parse_generate_body, parse_predict_body
+from ..errors import EdgekitError
+from .batching import MicroBatcher, QueueFull, failure
+from .config import ServeConfig
+from .requests import GENERATE_EXAMPLE, RequestError, generate_options, parse_generate_body, parse_predict_body
 
 log = logging.getLogger("edgekit_runtime")
 
@@ -41,33 +42,6 @@ class ServeError(EdgekitError):
     """The server cannot start as configured (the port is taken, or the address is not this machine's)."""
 
 
-@dataclass(frozen=True)
-class ServeConfig:
-    """Where to listen and the limits that keep the server responsive under load."""
-
-    host: str = "127.0.0.1"
-    port: int = 8080
-    max_batch: int = 16  # texts per inference call
-    max_wait_ms: float = 5.0  # how long the oldest queued request waits for others to join its batch
-    queue_size: int = 256  # texts waiting for inference (not requests: a 200-text request weighs 200)
-    max_texts: int = 256  # texts per request
-    max_body_bytes: int = 1 << 20
-    read_timeout_s: float = 30.0  # a client that stops sending mid-request is dropped, not waited on (0: never)
-
-    def __post_init__(self):
-        for name in ("max_batch", "queue_size", "max_texts", "max_body_bytes"):
-            value = getattr(self, name)
-            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-                raise InputError(f"{name}={value!r}: expected a positive integer. Fix: pass e.g. {name}=16.")
-        if not 0 <= self.port <= 65535:
-            raise InputError(f"port={self.port}: expected 0..65535 (0 picks a free port). Fix: pass e.g. port=8080.")
-        for name in ("max_wait_ms", "read_timeout_s"):
-            if not getattr(self, name) >= 0:
-                raise InputError(f"{name}={getattr(self, name)!r}: expected a number >= 0. Fix: pass e.g. {name}=5.")
-        if self.max_texts > self.queue_size:
-            raise InputError(f"max_texts={self.max_texts} exceeds queue_size={self.queue_size}: a request that "
-                             f"large could never be queued. Fix: raise --queue-size to at least {self.max_texts} "
-                             f"or lower --max-texts.")
 
 
 def bundle_metadata(model: Any, config: ServeConfig) -> dict[str, Any]:
@@ -99,7 +73,7 @@ def _generation_metadata(model: Any) -> dict[str, Any]:
     defaults["stop"] = list(defaults["stop"])
     return {"max_context": task.get("max_context"), "eos_token_ids": task.get("eos_token_ids"),
             "chat_template": bool(task.get("chat_template")), "think": task.get("think"), "defaults": defaults,
-            "options": _generate_options()}
+            "options": generate_options()}
 
 
 class _Handler(BaseHTTPRequestHandler):
@@ -146,8 +120,8 @@ class _Handler(BaseHTTPRequestHandler):
                 payload = {"error": f"the body did not arrive within {app.config.read_timeout_s:g} s",
                            "fix": "send the whole body right after the headers"}
             except Exception as exc:  # a bug here must answer, not kill the connection thread silently
-                log.error("request handling failed: %s", _failure(exc))
-                status, payload = 500, {"error": f"internal error: {_failure(exc)}",
+                log.error("request handling failed: %s", failure(exc))
+                status, payload = 500, {"error": f"internal error: {failure(exc)}",
                                         "fix": "retry; if it persists, report it with the server log"}
             finally:
                 app.leave()
@@ -251,7 +225,7 @@ class _HTTPServer(ThreadingHTTPServer):
         self.server_name, self.server_port = self.server_address[:2]
 
     def handle_error(self, request, client_address) -> None:
-        log.error("connection handler failed: %s", _failure(sys.exc_info()[1]))
+        log.error("connection handler failed: %s", failure(sys.exc_info()[1]))
 
 
 class PredictServer:

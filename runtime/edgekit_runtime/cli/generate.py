@@ -7,7 +7,7 @@ import json
 import sys
 from typing import Any
 
-from .cli_common import (EXIT_OK, PROG, UsageError, add_signature_arguments, non_negative_int, positive_int,
+from .common import (EXIT_OK, PROG, UsageError, add_signature_arguments, non_negative_int, positive_int,
                          signature_key_from_args, temperature, top_p)
 
 SAMPLING_FLAGS = ("temperature", "top_k", "top_p", "seed")
@@ -23,8 +23,8 @@ def _read_prompt(text: str) -> str:
 
 def _generation_options(args: argparse.Namespace) -> dict[str, Any]:
     """The command line as generate() options; contradictions are usage errors, before any load."""
-    from .errors import InputError
-    from .generate import GenerationConfig
+    from ..errors import InputError
+    from ..generation.generate import GenerationConfig
 
     options: dict[str, Any] = {name: getattr(args, name) for name in ("max_new_tokens", "min_new_tokens",
                                                                       *SAMPLING_FLAGS)
@@ -58,8 +58,8 @@ def _generation_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from .errors import InputError
-    from .model import CausalLMModel, load
+    from ..errors import InputError
+    from ..model import CausalLMModel, load
 
     options = _generation_options(args)
     key = signature_key_from_args(args)

@@ -14,7 +14,7 @@ from .decoder import DecoderSpec, DecoderTokenizer
 from .detokenize import IncrementalDetokenizer, StopText, ThinkText
 
 if TYPE_CHECKING:
-    from .generate import GenerationConfig
+    from .config import GenerationConfig
 
 
 @dataclass

@@ -14,9 +14,9 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 from tokenizers import Tokenizer
 
-from .backends import Backend, TensorSpec
-from .bundle import MANIFEST, manifest_value
-from .errors import BundleError
+from ..backends.base import Backend, TensorSpec
+from ..bundle.format import MANIFEST, manifest_value
+from ..errors import BundleError
 
 TOKEN_INPUTS = ("input_ids", "attention_mask", "position_ids")
 

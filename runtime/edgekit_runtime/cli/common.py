@@ -67,6 +67,6 @@ def signature_key_from_args(args: argparse.Namespace) -> Any:
         raise UsageError("--require-signature needs --public-key PEM: a bundle cannot vouch for itself (whoever "
                          "changed it can also rewrite the key id it carries), so its signature must be checked "
                          "against a public key you trust")
-    from .signing import signature_key
+    from ..bundle.signing import signature_key
 
     return signature_key(args.public_key)

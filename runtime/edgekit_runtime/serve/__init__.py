@@ -1,0 +1,1 @@
+"""`edgekit-run serve`: the local HTTP server, request parsing and micro-batching."""
