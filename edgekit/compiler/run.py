@@ -16,8 +16,8 @@ from pathlib import Path
 from typing import Callable
 
 import edgekit_runtime
-from edgekit_runtime.errors import BundleError, EdgekitError
 from edgekit_runtime.bundle.signing import load_private_key
+from edgekit_runtime.errors import BundleError, EdgekitError
 
 from ..tasks import get_task
 from .state import CompileState

@@ -10,10 +10,10 @@ import numpy as np
 
 from ..compiler.state import CompileState, PassResult
 from ..prune.passes import student_model
-from ..train.finetune import evaluate, predict
-from ..train.loop import distill_train
 from ..train.causal import distill_causal, text_batches
 from ..train.checkpoint import load_module, save_module
+from ..train.finetune import evaluate, predict
+from ..train.loop import distill_train
 from .topk_cache import TopKCache, estimate_bytes
 
 

@@ -7,10 +7,9 @@ import math
 from pathlib import Path
 from typing import Sequence
 
+import edgekit_runtime
 import numpy as np
 import onnx
-
-import edgekit_runtime
 from edgekit_runtime.backends.ort import ort_session
 
 from ..compiler.state import CompileState, PassResult

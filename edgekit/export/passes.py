@@ -8,7 +8,6 @@ from typing import Any
 
 import numpy as np
 import onnx
-
 from edgekit_runtime.errors import EdgekitError
 
 from ..compiler.state import CompileState, PassResult
@@ -85,7 +84,7 @@ def pass_check_ops(state: CompileState) -> PassResult:
     a causal LM on an ort-contrib profile may also use the fused ops contrib_ops_for names)."""
     model = onnx.load(str(state.onnx_path), load_external_data=False)
     check_ops(model, state.profile, extra_ops=state.adapter.extra_ops(state.target))
-    want = state.profile.token_dtype
+    want = state.target.token_dtype
     wrong = [(i.name, onnx.helper.tensor_dtype_to_np_dtype(i.type.tensor_type.elem_type).name)
              for i in model.graph.input]
     wrong = [(n, d) for n, d in wrong if d in ("int32", "int64") and d != want]

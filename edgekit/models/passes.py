@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
-import dataclasses
-
 import torch
-
 from edgekit_runtime.errors import EdgekitError
 
 from ..compiler.state import CompileState, PassResult

@@ -7,19 +7,17 @@ a causal LM prunes its copy of the teacher (blocks, GQA groups, SwiGLU channels)
 from __future__ import annotations
 
 import copy
-
 import dataclasses
 
 import torch
-
 from edgekit_runtime.errors import EdgekitError
 
 from ..compiler.state import CompileState, PassResult
 from ..data import cap
 from ..train.causal import text_batches
-from .decoder import prune_decoder
 from . import prune
 from .apply import check_weight_loading, load_pruned, save_pruned
+from .decoder import prune_decoder
 from .importance import PruneScores, compute_scores
 from .plan import format_plan, make_plan
 

@@ -16,13 +16,11 @@ from typing import Any
 
 import numpy as np
 import onnx
-
 import torch
-
 from edgekit_runtime.errors import EdgekitError
 
-from ..data import cap
 from ..compiler.state import CompileState, PassResult
+from ..data import cap
 from ..export.decoder import EXTERNAL_DATA_BYTES, check_decoder_file
 from ..export.onnx_export import check_model_file
 from ..train.causal import DECODER_QAT, qat_causal
@@ -161,7 +159,7 @@ def pass_int8(state: CompileState) -> PassResult:
     src = state.onnx_path
     before = src.stat().st_size
     dst = state.workdir / "model-int8.onnx"
-    figures: dict = {"method": cfg.method, "format": cfg.resolved_format(state.profile.int8_format)}
+    figures: dict = {"method": state.target.int8_method, "format": state.target.int8_format}
     if cfg.method == "qat":
         model, report = fold_weight_quantize(onnx.load(str(src)))
         figures["folded_weights"] = report.folded

@@ -9,7 +9,6 @@ from typing import Any, Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
-
 from edgekit_runtime.errors import EdgekitError
 
 from ..bundle.manifest import build_manifest, stage_files

@@ -3,6 +3,7 @@ for the graph's precision; every output, shape first, fails closed (every task).
 
 from __future__ import annotations
 
+from edgekit_runtime.profile import Tolerance
 
 from ..compiler.state import CompileState, PassResult
 from .decoder import validate_decoder
@@ -11,8 +12,8 @@ from .graph import REFERENCE_PATCHES, reference_model, validate_graph
 
 def pass_validate(state: CompileState) -> PassResult:
     precision = state.precision
-    tolerance = state.profile.tolerance(precision)
-    ptq = precision == "int8" and state.recipe.quantize.method.startswith("ptq")
+    tolerance = Tolerance(*state.target.tolerance(precision))
+    ptq = precision == "int8" and state.target.int8_method.startswith("ptq")
     # A PTQ graph has no PyTorch model that computes it: shapes and finiteness are checked here and
     # its values are judged by the quantized gate (metric, not atol). A QAT graph is compared with
     # the fake-quant model it was trained as.
