@@ -38,8 +38,8 @@ def test_keygen_writes_a_private_key_only_its_owner_can_read(keys):
     assert stat.S_IMODE(public.stat().st_mode) & 0o022 == 0
     assert b"PRIVATE KEY" in private.read_bytes() and b"PUBLIC KEY" in public.read_bytes()
     assert not [p for p in private.parent.iterdir() if ".partial" in p.name]
-    key = rt.signing.load_private_key(private)
-    assert rt.signing.key_id(key.public_key()) == rt.signing.key_id(rt.signing.load_public_key(public))
+    key = rt.bundle.signing.load_private_key(private)
+    assert rt.bundle.signing.key_id(key.public_key()) == rt.bundle.signing.key_id(rt.bundle.signing.load_public_key(public))
 
 
 def test_keygen_refuses_to_overwrite_without_force(keys):
@@ -62,7 +62,7 @@ def test_sign_then_verify_round_trip(bundle, keys):
     assert "signed" in result.output and "key id" in result.output
     assert (bundle / "manifest.json").read_bytes() == manifest_before
     rt.verify_bundle(bundle)
-    assert rt.verify_signature(bundle, public)["key_id"] == rt.signing.key_id(rt.signing.load_public_key(public))
+    assert rt.verify_signature(bundle, public)["key_id"] == rt.bundle.signing.key_id(rt.bundle.signing.load_public_key(public))
     from edgekit_runtime.cli.main import main as run_main
 
     assert run_main(["verify", str(bundle), "--public-key", str(public), "--require-signature"]) == 0
