@@ -10,7 +10,7 @@ Exit status 0 only when every text's label matches and every logit is within tol
     python benchmarks/tensorrt_check.py BUNDLE [--texts FILE] [--cache DIR]
 
 NOT RUN YET: written on a machine without a GPU (no TensorRT installs there). The TensorRT
-calls it relies on live in runtime/edgekit_runtime/trt_engine.py and were tested with fakes only.
+calls it relies on live in runtime/edgekit_runtime/backends/tensorrt.py and were tested with fakes only.
 """
 
 from __future__ import annotations

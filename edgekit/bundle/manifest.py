@@ -61,7 +61,7 @@ def engine_plan(state: "CompileState") -> dict[str, Any] | None:
 
     A QDQ int8 graph builds with int8 and fp16 enabled (explicit quantization; the layers left in
     floating point run in fp16); an fp32 graph builds with the profile's default precision. The
-    workspace is ``edgekit_runtime.trt_engine.workspace_mb`` of the profile's memory budget; the
+    workspace is ``edgekit_runtime.backends.tensorrt.workspace_mb`` of the profile's memory budget; the
     runtime's native TensorRT backend builds with exactly these values.
     """
     profile = state.profile

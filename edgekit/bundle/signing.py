@@ -1,6 +1,6 @@
 """Host side of bundle signing: make an ed25519 key pair; sign a bundle directory or .tar.
 
-The signature file and its check belong to the runtime (edgekit_runtime.signing), like the rest
+The signature file and its check belong to the runtime (edgekit_runtime.bundle.signing), like the rest
 of the bundle format; this module adds what only the build host does.
 """
 

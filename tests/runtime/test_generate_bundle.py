@@ -120,7 +120,7 @@ def test_generation_imports_neither_torch_nor_transformers(qwen, tmp_path):
     script = textwrap.dedent(f"""
         import sys
         import edgekit_runtime
-        from edgekit_runtime.cli import main as cli
+        from edgekit_runtime.cli.main import main as cli
         model = edgekit_runtime.load({str(qwen.bundle)!r})
         out = model.generate(["the cat"], max_new_tokens=4, think="strip")
         assert out[0].completion_tokens == 4, out

@@ -8,5 +8,5 @@ another. Like the rest of the runtime: numpy, onnxruntime, tokenizers and the st
 Modules: ``suite`` (files and validation), ``data`` (texts, labelled rows, the custom mix),
 ``env`` (the environment record), ``runner`` (the kinds, repeats, interleaving), ``memprobe``
 (the fresh-process load probe), ``report`` (schema checks, Markdown, A/B), ``command`` (the CLI).
-Nothing is imported here, so that `edgekit-run --help` stays fast.
+Nothing is imported here: each importer takes the modules it needs.
 """

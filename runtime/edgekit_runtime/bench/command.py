@@ -1,4 +1,4 @@
-"""`edgekit-run bench`: the command behind the CLI's subcommand (cli.py holds only its arguments)."""
+"""`edgekit-run bench`: the command behind the CLI's subcommand (cli/main.py holds only its parser entry)."""
 
 from __future__ import annotations
 
@@ -7,6 +7,14 @@ import json
 import sys
 from pathlib import Path
 from typing import Any, Callable
+
+from ..errors import BundleError
+from ..model import load
+from .context import Context
+from .report import (check_result, compare, compare_markdown, is_result_file, read_result, to_markdown,
+                     write_json)
+from .runner import run_suite
+from .suite import GENERATION_KINDS, load_suite
 
 PROG = "edgekit-run bench"
 
@@ -34,8 +42,6 @@ def add_arguments(p: argparse.ArgumentParser, positive_int: Callable[[str], int]
 
 
 def _output(args: argparse.Namespace, doc: dict[str, Any], markdown: str) -> None:
-    from .report import write_json
-
     if args.json == "-":
         print(json.dumps(doc, indent=1, allow_nan=False))
     else:
@@ -48,12 +54,6 @@ def _output(args: argparse.Namespace, doc: dict[str, Any], markdown: str) -> Non
 
 def run(args: argparse.Namespace, usage_error: type[Exception]) -> int:
     """The command; returns 0, or 1 if a run failed (its error is in the result, the rest ran)."""
-    from ..errors import BundleError
-    from ..model import load
-    from .report import check_result, compare, compare_markdown, is_result_file, read_result, to_markdown
-    from .runner import Context, run_suite
-    from .suite import GENERATION_KINDS, load_suite
-
     def progress(line: str) -> None:
         if not args.quiet:
             print(f"{PROG}: {line}", file=sys.stderr, flush=True)

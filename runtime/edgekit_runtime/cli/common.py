@@ -6,6 +6,8 @@ from __future__ import annotations
 import argparse
 from typing import Any, Callable
 
+from ..bundle.signing import signature_key
+
 PROG = "edgekit-run"
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
 
@@ -67,6 +69,4 @@ def signature_key_from_args(args: argparse.Namespace) -> Any:
         raise UsageError("--require-signature needs --public-key PEM: a bundle cannot vouch for itself (whoever "
                          "changed it can also rewrite the key id it carries), so its signature must be checked "
                          "against a public key you trust")
-    from ..bundle.signing import signature_key
-
     return signature_key(args.public_key)

@@ -7,8 +7,11 @@ import json
 import sys
 from typing import Any
 
+from ..errors import InputError
+from ..generation.generate import GenerationConfig
+from ..model import CausalLMModel, load
 from .common import (EXIT_OK, PROG, UsageError, add_signature_arguments, non_negative_int, positive_int,
-                         signature_key_from_args, temperature, top_p)
+                     signature_key_from_args, temperature, top_p)
 
 SAMPLING_FLAGS = ("temperature", "top_k", "top_p", "seed")
 
@@ -23,9 +26,6 @@ def _read_prompt(text: str) -> str:
 
 def _generation_options(args: argparse.Namespace) -> dict[str, Any]:
     """The command line as generate() options; contradictions are usage errors, before any load."""
-    from ..errors import InputError
-    from ..generation.generate import GenerationConfig
-
     options: dict[str, Any] = {name: getattr(args, name) for name in ("max_new_tokens", "min_new_tokens",
                                                                       *SAMPLING_FLAGS)
                                if getattr(args, name) is not None}
@@ -58,9 +58,6 @@ def _generation_options(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def cmd_generate(args: argparse.Namespace) -> int:
-    from ..errors import InputError
-    from ..model import CausalLMModel, load
-
     options = _generation_options(args)
     key = signature_key_from_args(args)
     prompt = _read_prompt(args.prompt)

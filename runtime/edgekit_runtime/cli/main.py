@@ -14,9 +14,21 @@ import os
 import sys
 from typing import Any, Sequence
 
+from ..backends.tensorrt import check_engine_plan, trtexec_line
+from ..bench.command import add_arguments as add_bench_arguments, run as run_bench
+from ..bench.suite import SuiteError
+from ..bundle.archive import open_bundle
+from ..bundle.format import read_manifest, verify_bundle
+from ..bundle.signing import SIGNATURE, check_signature
+from ..errors import BundleError, EdgekitError, InputError
+from ..model import bundle_profile, load
+from ..profile import BACKENDS
+from ..serve.server import ServeConfig, serve
+from ..tokenizer import check_texts
 from .common import (EXIT_FAIL, EXIT_OK, EXIT_USAGE, PROG, UsageError as _UsageError, add_signature_arguments,
-                         milliseconds as _milliseconds, one_line as _one_line, port as _port,
-                         positive_int as _positive_int, signature_key_from_args)
+                     milliseconds as _milliseconds, one_line as _one_line, port as _port,
+                     positive_int as _positive_int, signature_key_from_args)
+from .generate import add_generate_parser
 
 
 class _Parser(argparse.ArgumentParser):
@@ -27,11 +39,6 @@ class _Parser(argparse.ArgumentParser):
 # ---------------------------------------------------------------- verify
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from ..bundle.format import verify_bundle
-    from ..bundle.archive import open_bundle
-    from ..model import bundle_profile
-    from ..bundle.signing import SIGNATURE, check_signature
-
     key = signature_key_from_args(args)
     with open_bundle(args.bundle) as bundle_dir:
         manifest = verify_bundle(bundle_dir)
@@ -85,9 +92,6 @@ def _engine_plan_info(plan: Any) -> dict[str, Any] | None:
         return None
     out = dict(plan)
     if not isinstance(out.get("trtexec"), str):
-        from ..errors import BundleError
-        from ..backends.tensorrt import check_engine_plan, trtexec_line
-
         try:
             out["trtexec"] = trtexec_line(check_engine_plan(plan))
         except BundleError:
@@ -138,9 +142,6 @@ def _io_line(specs: Any) -> str:
 
 
 def cmd_info(args: argparse.Namespace) -> int:
-    from ..bundle.format import read_manifest
-    from ..bundle.archive import open_bundle
-
     with open_bundle(args.bundle) as bundle_dir:
         manifest = read_manifest(bundle_dir)
         info = bundle_info(args.bundle, manifest)
@@ -197,10 +198,6 @@ def _read_texts(args: argparse.Namespace) -> tuple[list[str], str]:
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
-    from ..errors import InputError
-    from ..model import load
-    from ..tokenizer import check_texts
-
     key = signature_key_from_args(args)
     texts, source = _read_texts(args)
     if not texts:
@@ -230,10 +227,6 @@ def cmd_predict(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- serve
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from ..errors import InputError
-    from ..model import load
-    from ..serve.server import ServeConfig, serve
-
     try:  # before loading: contradictory limits should not cost a model load
         config = ServeConfig(host=args.host, port=args.port, max_batch=args.max_batch, max_wait_ms=args.max_wait_ms,
                              queue_size=args.queue_size, max_texts=args.max_texts, max_body_bytes=args.max_body_bytes)
@@ -249,11 +242,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- bench
 
 def cmd_bench(args: argparse.Namespace) -> int:
-    from ..bench.command import run
-    from ..bench.suite import SuiteError
-
     try:
-        return run(args, _UsageError)
+        return run_bench(args, _UsageError)
     except SuiteError as exc:  # a malformed suite or result file: the user's input, like a bad argument
         raise _UsageError(str(exc).rstrip(".")) from None
 
@@ -261,8 +251,6 @@ def cmd_bench(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- parser
 
 def build_parser() -> argparse.ArgumentParser:
-    from ..profile import BACKENDS
-
     fmt = argparse.RawDescriptionHelpFormatter
     parser = _Parser(prog=PROG, formatter_class=fmt,
                      description="Verify, inspect and run an edgekit bundle on this device (offline, no torch).",
@@ -320,8 +308,6 @@ def build_parser() -> argparse.ArgumentParser:
     add_signature_arguments(p)
     p.set_defaults(func=cmd_predict)
 
-    from .generate import add_generate_parser
-
     add_generate_parser(sub, fmt, verbose, bundle_help, BACKENDS)
 
     p = sub.add_parser("serve", formatter_class=argparse.RawTextHelpFormatter, parents=[verbose],
@@ -373,8 +359,6 @@ def build_parser() -> argparse.ArgumentParser:
                    help="force one of the profile's backends (default: the first that works here)")
     p.set_defaults(func=cmd_serve)
 
-    from ..bench.command import add_arguments as add_bench_arguments
-
     p = sub.add_parser("bench", formatter_class=fmt, parents=[verbose],
                        help="run a benchmark suite (latency, throughput, memory, accuracy, stress, mix; "
                             "generation for causal-lm bundles); A/B compare",
@@ -413,8 +397,6 @@ def main(argv: Sequence[str] | None = None) -> int:
     logger = logging.getLogger("edgekit_runtime")
     logger.addHandler(handler)
     logger.setLevel(logging.INFO if args.verbose else logging.WARNING)
-    from ..errors import EdgekitError
-
     try:
         return args.func(args)
     except _UsageError as exc:
