@@ -133,12 +133,15 @@ def _compile(task, profile_name, recipe_path, plan_only, resume, sign_key, flags
 
     from .compiler.run import compile_bundle, plan_only as plan_cut
     from .profiles import resolve_profile
-    from .recipe import recipe_from_flags, resolve_task
+    from .recipe import read_recipe_file, recipe_from_flags, resolve_task
     from .report import format_lm_summary, format_summary
 
     profile = resolve_profile(profile_name)
     teacher, data = flags["teacher"], flags["data"]
     task = resolve_task(task, recipe_path, teacher)
+    if task == "causal-lm" and teacher is None and not read_recipe_file(recipe_path).get("teacher"):
+        raise EdgekitError("a causal-LM compile needs a teacher (there is no packaged causal-LM demo). Fix: pass "
+                           "--teacher DIR, a local Hugging Face Qwen2 / DeepSeek-R1-Distill-Qwen or Llama directory.")
     if teacher is not None and not (Path(teacher) / "config.json").is_file():
         raise EdgekitError(f"--teacher {teacher}: {'no config.json in that directory' if Path(teacher).is_dir() else 'no such directory'}. "
                            f"Fix: pass a local Hugging Face model directory (config.json + weights + tokenizer)"

@@ -263,3 +263,10 @@ def test_kill_9_during_a_causal_lm_compile_then_resume_completes(workspace, tmp_
     again = subprocess.run([*args[:-1], str(fresh)], capture_output=True, text=True)
     assert again.returncode == 0, again.stderr[-3000:]
     assert (out / "model.onnx").read_bytes() == (fresh / "model.onnx").read_bytes()
+
+
+def test_a_causal_lm_compile_without_a_teacher_says_so(tmp_path):
+    result = CliRunner().invoke(main, ["compile", "--task", "causal-lm", "--profile", "x86-64-cpu",
+                                       "--out", str(tmp_path / "x")])
+    assert result.exit_code == 1 and "needs a teacher" in result.output and "--teacher DIR" in result.output
+    assert not (tmp_path / "x").exists()
