@@ -138,10 +138,8 @@ def _compile(task, profile_name, recipe_path, plan_only, resume, sign_key, flags
 
     profile = resolve_profile(profile_name)
     teacher, data = flags["teacher"], flags["data"]
-    task = resolve_task(task, recipe_path, teacher)
-    if task == "causal-lm" and teacher is None and not read_recipe_file(recipe_path).get("teacher"):
-        raise EdgekitError("a causal-LM compile needs a teacher (there is no packaged causal-LM demo). Fix: pass "
-                           "--teacher DIR, a local Hugging Face Qwen2 / DeepSeek-R1-Distill-Qwen or Llama directory.")
+    values = read_recipe_file(recipe_path)
+    task = resolve_task(task, values, teacher)
     if teacher is not None and not (Path(teacher) / "config.json").is_file():
         raise EdgekitError(f"--teacher {teacher}: {'no config.json in that directory' if Path(teacher).is_dir() else 'no such directory'}. "
                            f"Fix: pass a local Hugging Face model directory (config.json + weights + tokenizer)"
@@ -149,7 +147,7 @@ def _compile(task, profile_name, recipe_path, plan_only, resume, sign_key, flags
     if data is not None and not Path(data).is_file():
         raise EdgekitError(f"--data {data}: no such file. Fix: pass a .csv, .tsv or .jsonl file with a text and a "
                            f"label column" + (" (or a .txt, a document per line)" if task == "causal-lm" else "") + ".")
-    recipe = recipe_from_flags(task, recipe_path, {**flags, "profile": profile.name})
+    recipe = recipe_from_flags(task, values, {**flags, "profile": profile.name})
     if plan_only:
         click.echo(plan_cut(recipe, profile))
         return

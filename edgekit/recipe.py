@@ -330,7 +330,8 @@ class LMRecipe:
     bundle: BundleConfig = field(default_factory=BundleConfig)
 
     def __post_init__(self):
-        require(bool(self.teacher), "recipe", "teacher", self.teacher, "a causal-LM compile needs a teacher",
+        require(bool(self.teacher), "recipe", "teacher", self.teacher,
+                "a causal-LM compile needs a teacher (there is no packaged causal-LM demo)",
                  "pass --teacher DIR (a local Hugging Face Qwen2 / Llama directory)")
         require(1 < self.max_length <= 8192, "recipe", "max_length", self.max_length, "must be in 2..8192", "use 128")
         require(self.task == "causal-lm", "recipe", "task", self.task, "this recipe type is the causal LM's",
@@ -397,17 +398,21 @@ def read_recipe_file(path: str | Path | None) -> dict[str, Any]:
 
 def load_recipe(path: str | Path | None, overrides: Mapping[str, Any] | None = None) -> Recipe:
     """Read a recipe TOML (or none), apply flag overrides, add demo sizing when it is the demo."""
-    values = merge(read_recipe_file(path), overrides or {})
+    return build_recipe(with_demo_sizing(merge(read_recipe_file(path), overrides or {})))
+
+
+def with_demo_sizing(values: Mapping[str, Any]) -> dict[str, Any]:
+    """The packaged demo's sizing under the user's values when no --data (and no --teacher) is given."""
+    values = dict(values)
     demo_data = values.get("data", {}).get("path") is None
     # Demo settings apply under the user's own values, never over them.
     if demo_data and values.get("teacher") is None:
         values = merge(DEMO_OVERRIDES, values)
     elif demo_data:
         values = merge({"data": DEMO_DATA}, values)
-    return build_recipe(values)
+    return values
 
 
-TASK_RECIPES = {"sequence-classification": "encoder", "causal-lm": "decoder"}
 # CLI flags that only one kind of recipe has: (flag, the task that takes it).
 TASK_FLAGS = {"label_column": ("--label-column", "sequence-classification"),
               "max_steps": ("--max-steps", "sequence-classification"),
@@ -430,18 +435,16 @@ def teacher_task(teacher: str | Path | None) -> str | None:
     return "causal-lm" if any(str(a).endswith("ForCausalLM") for a in architectures) else None
 
 
-def resolve_task(flag: str | None, recipe_path: str | Path | None, teacher: str | Path | None) -> str:
-    """--task, else the recipe file's ``task``, else what the teacher's config implies, else
-    sequence classification (the packaged demo)."""
-    task = flag or read_recipe_file(recipe_path).get("task") or teacher_task(teacher) or "sequence-classification"
-    if task not in TASK_RECIPES:
-        raise RecipeError(f"task {task!r} is unknown. Fix: use one of {sorted(TASK_RECIPES)} (--task).")
-    return task
+def resolve_task(flag: str | None, values: Mapping[str, Any], teacher: str | Path | None) -> str:
+    """--task, else the recipe file's ``task`` (``values``: the parsed file), else what the teacher's
+    config implies, else sequence classification (the packaged demo). An unknown name is refused by
+    edgekit.tasks.get_task in preflight, with the list of tasks."""
+    return flag or values.get("task") or teacher_task(teacher) or "sequence-classification"
 
 
-def recipe_from_flags(task: str, recipe_path: str | Path | None, flags: Mapping[str, Any]):
-    """The recipe of ``task`` from its TOML and the CLI flags (flags win; a flag the task does not
-    take is an error naming it). Flags shared by both tasks have one name and one meaning."""
+def recipe_from_flags(task: str, values: Mapping[str, Any], flags: Mapping[str, Any]):
+    """The recipe of ``task`` from its parsed TOML (``values``) and the CLI flags (flags win; a flag the
+    task does not take is an error naming it). Flags shared by both tasks have one name and one meaning."""
     for key, (flag, owner) in TASK_FLAGS.items():
         value = flags.get(key)
         if owner != task and value not in (None, False):
@@ -459,7 +462,7 @@ def recipe_from_flags(task: str, recipe_path: str | Path | None, flags: Mapping[
                      "data": {"path": f.get("data"), "text_column": f.get("text_column")},
                      "prune": prune if any(v is not None for v in prune.values()) else None,
                      "distill": {"steps": f.get("distill_steps")}}
-        return build_lm_recipe(merge(read_recipe_file(recipe_path), overrides))
+        return build_lm_recipe(merge(values, overrides))
     layers, heads = f.get("layers"), f.get("heads")
     overrides = {**common,
                  "data": {"path": f.get("data"), "text_column": f.get("text_column"),
@@ -467,4 +470,4 @@ def recipe_from_flags(task: str, recipe_path: str | Path | None, flags: Mapping[
                  "finetune": {"max_steps": f.get("max_steps"), "enabled": False if f.get("no_finetune") else None},
                  "prune": {"layers_to_keep": layers, "heads_to_keep": heads},
                  "student": {"enabled": True if (layers or heads) else None}}
-    return load_recipe(recipe_path, overrides)
+    return build_recipe(with_demo_sizing(merge(values, overrides)))

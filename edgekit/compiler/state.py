@@ -6,7 +6,7 @@ imports none of them, so no stage can pull the pipeline in behind it.
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -32,15 +32,10 @@ class Target:
     max_context: int                    # the bundle's sequence limit (encoders: max_length; causal LMs: prompt + generation)
     decoder_ops: str                    # causal LMs: "standard" or "ort-contrib" graph
     tolerances: dict[str, tuple[float, float]]
-    engine_plan: bool                   # the profile builds a TensorRT engine (the bundle carries its plan)
 
     def tolerance(self, precision: str | None = None) -> tuple[float, float]:
         """(atol, rtol) of the graph's precision (or the one named)."""
         return self.tolerances[precision or self.precision]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "rewrite_rules": list(self.rewrite_rules),
-                "tolerances": {k: list(v) for k, v in self.tolerances.items()}}
 
 
 @dataclass

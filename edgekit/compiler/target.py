@@ -40,5 +40,4 @@ def resolve_target(recipe, profile, adapter) -> Target:
                   int8_method=method if int8 else None,
                   int8_format=recipe.quantize.resolved_format(profile.int8_format) if int8 else None,
                   token_dtype=profile.token_dtype, max_length=recipe.max_length, max_context=max_context,
-                  decoder_ops=profile.decoder_ops, tolerances=tolerances,
-                  engine_plan=any(b in ("tensorrt", "ort-tensorrt") for b in profile.backends))
+                  decoder_ops=profile.decoder_ops, tolerances=tolerances)

@@ -15,6 +15,7 @@ from edgekit_runtime.backends.ort import ort_session
 from ..compiler.state import CompileState, PassResult
 from ..export.decoder import position_ids_from_mask
 from ..models.decoder import DecoderError
+from ..models.passes import param_count
 from ..train.causal import next_token_targets, perplexity, text_batches
 from ..train.finetune import predict
 from .latency import latency_pair
@@ -51,10 +52,6 @@ def pass_evaluate_bundle(state: CompileState) -> PassResult:
     return PassResult(changed=False, figures={"bundle_runtime": metrics, "latency": latency})
 
 
-def _params(model) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 def _ppl(state: CompileState, model) -> float:
 
     return perplexity(model, state.tokenizer, state.splits.test, max_length=state.recipe.max_length, batch_size=16)
@@ -62,16 +59,16 @@ def _ppl(state: CompileState, model) -> float:
 
 def pass_evaluate_lm_teacher(state: CompileState) -> PassResult:
     ppl = _ppl(state, state.teacher)
-    state.figures["teacher"] = {"test_perplexity": ppl, "params": _params(state.teacher)}
+    state.figures["teacher"] = {"test_perplexity": ppl, "params": param_count(state.teacher)}
     return PassResult(changed=False, figures={"test_perplexity": round(ppl, 4)})
 
 
 def pass_evaluate_lm_student(state: CompileState) -> PassResult:
     ppl = _ppl(state, state.model)
     teacher = state.figures["teacher"]
-    state.figures["student"] = {"test_perplexity": ppl, "params": _params(state.model),
+    state.figures["student"] = {"test_perplexity": ppl, "params": param_count(state.model),
                                 "perplexity_vs_teacher": ppl / teacher["test_perplexity"],
-                                "params_vs_teacher": _params(state.model) / teacher["params"]}
+                                "params_vs_teacher": param_count(state.model) / teacher["params"]}
     return PassResult(changed=False, figures={k: round(v, 4) for k, v in state.figures["student"].items()})
 
 

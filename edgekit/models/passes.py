@@ -25,8 +25,8 @@ def pass_load_teacher(state: CompileState) -> PassResult:
     state.model = state.teacher = state.adapter.load_model(str(path), state.label_names).eval()
     if state.recipe.student.enabled and "prune" in state.recipe.student.order:
         check_plan_fits(state)
-    n_params = sum(p.numel() for p in state.model.parameters())
-    return PassResult(figures={"path": str(path), "architecture": type(state.model).__name__, "parameters": n_params})
+    return PassResult(figures={"path": str(path), "architecture": type(state.model).__name__,
+                               "parameters": param_count(state.model)})
 
 
 def raise_missing_fast(path: Path):
@@ -36,7 +36,7 @@ def raise_missing_fast(path: Path):
                        f"tokenizer.json exists.")
 
 
-def _params(model) -> int:
+def param_count(model) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
@@ -66,4 +66,4 @@ def pass_load_lm_teacher(state: CompileState) -> PassResult:
                            f"{model.config.max_position_embeddings} (RoPE positions it never trained on). "
                            f"Fix: pass --max-context {model.config.max_position_embeddings} or less.")
     state.tokenizer, state.teacher, state.model = tok, model, model
-    return PassResult(figures={"params": _params(model), **dataclasses.asdict(decoder_shape(model))})
+    return PassResult(figures={"params": param_count(model), **dataclasses.asdict(shape)})

@@ -80,7 +80,6 @@ class CausalLM:
         target = state.target
         max_context = min(target.max_context, getattr(model.config, "max_position_embeddings", target.max_context))
         int8 = {"method": target.int8_method, "format": target.int8_format} if state.precision == "int8" else None
-        state.figures["bundle"] = str(state.bundle_path)
         return decoder_manifest(model, state.tokenizer, state.onnx_path, profile=state.profile,
                                 precision=state.precision, int8=int8, max_context=max_context,
                                 recipe=state.recipe.to_dict(), pass_log=state.pass_log, figures=state.figures,
