@@ -91,7 +91,8 @@ def _compile_options(lm_alias: bool):
         click.option("--sign-key", type=click.Path(dir_okay=False), default=None,
                      help="Sign the finished bundle (manifest.sig) with this ed25519 private key from "
                           "`edgekit keygen`; the key is checked before any training."),
-        # sequence classification
+    ]
+    classification = [
         click.option("--label-column", default=None,
                      help="[classification] Column holding the label (default 'label'; demo: 'sentiment')."),
         click.option("--max-steps", type=int, default=None,
@@ -103,7 +104,8 @@ def _compile_options(lm_alias: bool):
         click.option("--plan", "plan_only", is_flag=True,
                      help="[classification] Print what pruning would cut (per layer: heads, FFN, parameters, "
                           "FLOPs) and exit."),
-        # causal LM
+    ]
+    causal_lm = [
         click.option("--kv-groups", type=int, default=None,
                      help="[causal-lm] Student: keep this many KV groups per layer, each with all its query heads."),
         click.option("--heads-per-group", type=int, default=None,
@@ -115,6 +117,8 @@ def _compile_options(lm_alias: bool):
                      help="[causal-lm] Prompt + generated tokens the bundle allows (default: the profile's "
                           "max_sequence_length)."),
     ]
+    # the alias shows only the flags a causal LM takes
+    options = options + causal_lm if lm_alias else options + classification + causal_lm
     if not lm_alias:
         options.insert(1, click.option("--task", type=click.Choice(["sequence-classification", "causal-lm"]),
                                        default=None, help="What the bundle does. Default: the recipe's task, else "
@@ -183,7 +187,7 @@ def compile_cmd(task, profile_name, recipe_path, plan_only, resume, sign_key, **
 
 @main.command("compile-lm")
 @_compile_options(lm_alias=True)
-def compile_lm_cmd(profile_name, recipe_path, plan_only, resume, sign_key, **flags):
+def compile_lm_cmd(profile_name, recipe_path, resume, sign_key, **flags):
     """`edgekit compile --task causal-lm`: a causal LM into a generation bundle (KV-cache graph).
 
     \b
@@ -191,7 +195,8 @@ def compile_lm_cmd(profile_name, recipe_path, plan_only, resume, sign_key, **fla
     an annealed temperature), QAT int8 (optional), export with a KV cache and the profile's rewrite
     rules, check every op against the profile, validate prefill and decode steps against PyTorch at
     the profile's tolerance, and measure perplexity on held-back text for the teacher, the student
-    and the exported graph. Same flags, run loop, --resume and bundle writer as `edgekit compile`.
+    and the exported graph. The same run loop, --resume and bundle writer as `edgekit compile`, and
+    the same names for the flags both take.
     \b
     Examples:
       edgekit compile-lm --profile raspberry-pi-5 --teacher ./r1-distill-qwen --data notes.txt
@@ -199,7 +204,7 @@ def compile_lm_cmd(profile_name, recipe_path, plan_only, resume, sign_key, **fla
           --layers 20 --kv-groups 2 --ffn 6144 --int8
       edgekit-run generate bundles/jetson-orin-lm "Summarise: ..." --stream
     """
-    _compile("causal-lm", profile_name, recipe_path, plan_only, resume, sign_key, flags)
+    _compile("causal-lm", profile_name, recipe_path, False, resume, sign_key, flags)
 
 
 @main.command("keygen")
