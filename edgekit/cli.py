@@ -101,6 +101,16 @@ def _compile_options(lm_alias: bool):
                      help="[classification] Use the teacher as it is (it must already have the task head)."),
         click.option("--heads", type=int, default=None,
                      help="[classification] Student: keep this many attention heads per layer."),
+        click.option("--latency-budget", default=None, metavar="RATIO|MS",
+                     help="[classification] The bundle's latency: a ratio to the teacher's on the same runtime "
+                          "(0.2 = a fifth, the default) or milliseconds at batch 1 x --max-length (\"15ms\", only "
+                          "where this host is the target); \"none\" for no limit. The student's layers, heads, FFN "
+                          "width and precision are planned to it from timings measured on this host."),
+        click.option("--size-budget", default=None, metavar="RATIO|MB",
+                     help="[classification] The bundle's model bytes: a ratio to the teacher's fp32 bytes (0.25, "
+                          "the default) or \"20MB\"; \"none\" for no limit."),
+        click.option("--no-compress", is_flag=True,
+                     help="[classification] No student and no int8: export the fine-tuned teacher as it is."),
         click.option("--plan", "plan_only", is_flag=True,
                      help="[classification] Print what pruning would cut (per layer: heads, FFN, parameters, "
                           "FLOPs) and exit."),

@@ -9,17 +9,20 @@ from __future__ import annotations
 import dataclasses
 import json
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
+from .budget.config import BudgetConfig
 from .config import RecipeError, build_config, require
-from .distill.causal import CausalDistillConfig
 from .distill.losses import DistillConfig, LogitKDConfig
 from .distill.schedules import Schedule
-from .prune.config import DecoderPruneConfig, PruneConfig
+from .prune.config import PruneConfig
 from .quant.fake import QATConfig
 from .quant.gate import GateConfig
+from .recipe_lm import LMRecipe, build_lm_recipe  # noqa: F401  (re-exported: the one place recipes come from)
+from .sections import BundleConfig, ExportConfig, RewriteConfig
 from .train.manager import TrainingConfig
 
 STUDENT_STAGES = ("prune", "distill")
@@ -52,38 +55,47 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class FinetuneConfig:
-    """Teacher fine-tune: AdamW with linear warmup and decay."""
+    """Teacher fine-tune: AdamW with linear warmup and decay, early stopping on validation.
+
+    Left out (None), epochs, learning_rate and eval_every follow the number of training rows
+    (edgekit.train.scaling: 10 epochs at 1e-4 under 1,000 rows ... 1 epoch at 3e-5 past 100,000).
+    """
 
     enabled: bool = True
-    epochs: float = 3.0
+    epochs: float | None = None
     max_steps: int | None = None  # wins over epochs when set
     batch_size: int = 16
     grad_accum: int = 1
-    learning_rate: float = 5e-5
+    learning_rate: float | None = None
     warmup_ratio: float = 0.1
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
-    eval_every: int = 0  # optimizer steps between validation runs; 0 = once per epoch and at the end
+    eval_every: int | None = None  # optimizer steps between validation runs; 0 = once per epoch
+    early_stopping_patience: int = 3  # evaluations without a better validation metric; 0 = never stop early
     seed: int = 0
 
     def __post_init__(self):
-        require(self.epochs > 0, "finetune", "epochs", self.epochs, "must be positive", "set e.g. epochs = 3")
+        require(self.epochs is None or self.epochs > 0, "finetune", "epochs", self.epochs, "must be positive",
+                "set e.g. epochs = 3, or leave it out to scale with the data")
         require(self.max_steps is None or self.max_steps > 0, "finetune", "max_steps", self.max_steps,
                  "must be positive", "remove it to train by epochs, or set e.g. max_steps = 400")
         require(self.batch_size > 0, "finetune", "batch_size", self.batch_size, "must be positive", "set e.g. 16")
         require(self.grad_accum > 0, "finetune", "grad_accum", self.grad_accum, "must be positive", "set 1 for none")
-        require(0 < self.learning_rate < 1, "finetune", "learning_rate", self.learning_rate,
-                 "must be in (0, 1)", "use e.g. 5e-5 for a BERT-class model")
+        require(self.learning_rate is None or 0 < self.learning_rate < 1, "finetune", "learning_rate",
+                self.learning_rate, "must be in (0, 1)", "use e.g. 5e-5 for a BERT-class model, or leave it out")
         require(0 <= self.warmup_ratio < 1, "finetune", "warmup_ratio", self.warmup_ratio, "must be in [0, 1)", "use 0.1")
         require(self.weight_decay >= 0, "finetune", "weight_decay", self.weight_decay, "must be >= 0", "use 0.01")
-        require(self.eval_every >= 0, "finetune", "eval_every", self.eval_every, "must be >= 0", "0 = per epoch")
+        require(self.eval_every is None or self.eval_every >= 0, "finetune", "eval_every", self.eval_every,
+                "must be >= 0", "0 = per epoch, or leave it out")
+        require(self.early_stopping_patience >= 0, "finetune", "early_stopping_patience",
+                self.early_stopping_patience, "must be >= 0", "use 3, or 0 to never stop early")
 
 
 @dataclass(frozen=True)
 class StudentConfig:
     """Whether to build a compressed student, and the order of its stages (Minitron: prune first)."""
 
-    enabled: bool = False
+    enabled: bool = True  # compression is on by default; edgekit compile --no-compress turns it off
     order: tuple[str, ...] = ("prune", "distill")
     # Teacher-data batches used to score layers / heads / neurons for importance-based pruning.
     importance_batches: int = 16
@@ -98,14 +110,15 @@ class StudentConfig:
                  self.importance_batches, "must be positive", "use 16")
 
 
-QUANT_METHODS = ("none", "qat", "ptq-static", "ptq-dynamic")
+# "auto": the budget plan picks int8 (QAT, QDQ) where the profile takes int8, else none.
+QUANT_METHODS = ("auto", "none", "qat", "ptq-static", "ptq-dynamic")
 
 
 @dataclass(frozen=True)
 class QuantizeConfig:
     """int8: QAT (fake quant fine-tuned with the distillation loss), ORT PTQ, or none."""
 
-    method: str = "none"
+    method: str = "auto"
     format: str | None = None  # "qdq" | "qoperator"; None = the profile's int8_format (QAT is always qdq)
     embeddings: bool = True  # weight-only int8 embedding tables (per-row scales)
     # Whom QAT distils from: the fp32 model it starts as ("fp32": the int8 model learns to behave
@@ -120,7 +133,7 @@ class QuantizeConfig:
                  f"must be one of {list(QUANT_METHODS)}", 'use "qat" for the best int8 accuracy, or "none"')
         require(self.format in (None, "qdq", "qoperator"), "quantize", "format", self.format,
                  "must be qdq or qoperator", "leave it out to use the profile's int8_format")
-        require(not (self.method == "qat" and self.format == "qoperator"), "quantize", "format", self.format,
+        require(not (self.method in ("qat", "auto") and self.format == "qoperator"), "quantize", "format", self.format,
                  "QAT exports QuantizeLinear/DequantizeLinear (qdq) only", 'leave format out or set "qdq"')
         require(not (self.method == "ptq-dynamic" and self.format == "qdq"), "quantize", "format", self.format,
                  "dynamic quantization quantizes activations at run time (QOperator-style ops)",
@@ -133,37 +146,11 @@ class QuantizeConfig:
     def resolved_format(self, profile_format: str | None) -> str | None:
         if self.method == "none":
             return None
-        if self.method == "qat":
+        if self.method in ("qat", "auto"):
             return "qdq"
         if self.method == "ptq-dynamic":
             return "qoperator"
         return self.format or profile_format
-
-
-@dataclass(frozen=True)
-class ExportConfig:
-    """torch -> ONNX with the legacy exporter (the only one that reaches opset 13)."""
-
-    precision: str | None = None  # None = fp32 graph; the profile must allow it
-
-    def __post_init__(self):
-        require(self.precision in (None, "fp32"), "export", "precision", self.precision,
-                 "this version exports fp32 graphs only (fp16 is the TensorRT engine's job, int8 comes with QAT)",
-                 "remove it or set precision = \"fp32\"")
-
-
-@dataclass(frozen=True)
-class RewriteConfig:
-    """Graph rewrites: None rules means the profile's list."""
-
-    rules: tuple[str, ...] | None = None
-    simplify: bool = True
-    measure_samples: int = 512  # validation texts used to measure each substitution's effect
-
-    def __post_init__(self):
-        if self.rules is not None:
-            object.__setattr__(self, "rules", tuple(self.rules))
-        require(self.measure_samples > 0, "rewrite", "measure_samples", self.measure_samples, "must be positive", "use 512")
 
 
 @dataclass(frozen=True)
@@ -184,17 +171,13 @@ class ValidateConfig:
 
 
 @dataclass(frozen=True)
-class BundleConfig:
-    out: str | None = None  # default: bundles/<profile>
-    archive: bool = False
-    force: bool = False
-
-
-@dataclass(frozen=True)
 class Recipe:
     profile: str = "x86-64-cpu"
     teacher: str | None = None  # None = the packaged MiniLM (demo)
     task: str = "sequence-classification"
+    # A student and int8 planned to [budget], held to its quality floor; false (--no-compress):
+    # the fine-tuned teacher is exported as it is (fp32 unless [quantize] method says otherwise).
+    compress: bool = True
     max_length: int = 128
     threads: int | None = None  # torch / ORT intra-op threads on the host; None = all cores
     data: DataConfig = field(default_factory=DataConfig)
@@ -204,6 +187,7 @@ class Recipe:
     distill: DistillConfig = field(default_factory=DistillConfig)
     student_train: TrainingConfig = field(default_factory=TrainingConfig)
     quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
+    budget: BudgetConfig = field(default_factory=BudgetConfig)
     qat_train: TrainingConfig = field(default_factory=lambda: TrainingConfig(
         batch_size=16, grad_accum=2, learning_rate=1e-5, warmup_steps=0, epochs=0.5, eval_every=50))
     # QAT's loss: soft targets only, at a mild temperature, so the int8 model tracks its reference.
@@ -219,6 +203,10 @@ class Recipe:
         require(1 < self.max_length <= 4096, "recipe", "max_length", self.max_length,
                  "must be in 2..4096", "use 128 for short texts")
         require(self.threads is None or self.threads > 0, "recipe", "threads", self.threads, "must be positive", "remove it")
+        if not self.compress:  # no plan: no student, and int8 only where [quantize] method asks for it
+            object.__setattr__(self, "student", dataclasses.replace(self.student, enabled=False))
+            if self.quantize.method == "auto":
+                object.__setattr__(self, "quantize", dataclasses.replace(self.quantize, method="none"))
 
     @property
     def is_demo(self) -> bool:
@@ -229,139 +217,17 @@ class Recipe:
 
 
 
-@dataclass(frozen=True)
-class LMDataConfig:
-    path: str | None = None          # None: the packaged demo corpus's text column
-    text_column: str = "text"
-    encoding: str | None = None
-    split: tuple[float, float, float] = (0.9, 0.05, 0.05)
-    seed: int = 0
-    max_train: int | None = None     # cap the training texts (CPU runs)
-    max_eval: int | None = 500       # cap validation and test texts
-
-    def __post_init__(self):
-        object.__setattr__(self, "split", tuple(float(x) for x in self.split))
-        for key in ("max_train", "max_eval"):
-            value = getattr(self, key)
-            require(value is None or value > 0, "data", key, value, "must be positive", "remove it or set a count")
-
-
-@dataclass(frozen=True)
-class LMFinetuneConfig:
-    """Next-token fine-tune of the teacher on the training text (packed blocks); 0 steps skips it."""
-
-    steps: int = 0
-    batch_size: int = 16
-    learning_rate: float = 5e-5
-
-    def __post_init__(self):
-        require(self.steps >= 0, "finetune", "steps", self.steps, "must be >= 0", "use 0 to skip")
-
-
-@dataclass(frozen=True)
-class LMDistillStage:
-    steps: int = 300
-    batch_size: int = 16
-    learning_rate: float = 1e-3
-    max_texts: int | None = None      # distill over the first N training texts (None: all)
-    # k: fill an on-disk cache of the teacher's top-k logits first (edgekit.decoder.topk_cache), then
-    # free the teacher; the student trains from the cache. None: the live teacher runs every step.
-    teacher_cache_top_k: int | None = None
-    loss: CausalDistillConfig = field(default_factory=CausalDistillConfig)
-
-    def __post_init__(self):
-        require(self.steps > 0, "distill", "steps", self.steps, "must be positive", "use e.g. 300")
-        require(self.max_texts is None or self.max_texts > 0, "distill", "max_texts", self.max_texts,
-                 "must be positive", "remove it to use every training text")
-        require(self.teacher_cache_top_k is None or self.teacher_cache_top_k > 0, "distill",
-                 "teacher_cache_top_k", self.teacher_cache_top_k, "must be positive", "use e.g. 64, or remove it")
-        require(not (self.teacher_cache_top_k and self.loss.sequence_kd), "distill", "teacher_cache_top_k",
-                 self.teacher_cache_top_k, "sequence-level KD needs the live teacher to generate",
-                 "drop teacher_cache_top_k or set loss.sequence_kd = false")
-
-
-@dataclass(frozen=True)
-class LMQuantizeConfig:
-    method: str = "none"              # "qat" (int8 QDQ of the block Linears) or "none"
-    steps: int = 100
-    batch_size: int = 16
-    learning_rate: float = 1e-5
-    fp32_most_sensitive: int = 1      # block Linears kept fp32 (the ones whose int8 moves logits most)
-    max_ppl_increase: float = 0.05    # the int8 gate: graph perplexity <= (1 + this) x the fp32 student's
-
-    def __post_init__(self):
-        require(self.method in ("qat", "none"), "quantize", "method", self.method, "must be qat or none",
-                 'use "qat" for int8, "none" for fp32')
-        require(self.max_ppl_increase >= 0, "quantize", "max_ppl_increase", self.max_ppl_increase,
-                 "must be >= 0", "use 0.05 (5%)")
-
-    def resolved_format(self, profile_format: str | None) -> str | None:
-        """QAT exports QuantizeLinear/DequantizeLinear: qdq whatever the profile prefers (preflight
-        refuses a profile that does not take qdq)."""
-        return "qdq" if self.method == "qat" else None
-
-
-@dataclass(frozen=True)
-class LMValidateConfig:
-    prompts: int = 4
-    decode_steps: int = 8
-    # None: the profile's tolerance for the graph's precision (atol + rtol x |reference|); the int8
-    # one only catches a broken graph, the perplexity gate judges quality
-    atol: float | None = None
-
-
-@dataclass(frozen=True)
-class LMRecipe:
-    profile: str = "x86-64-cpu"
-    teacher: str = ""
-    task: str = "causal-lm"
-    max_length: int = 128             # tokens per training / evaluation text
-    max_context: int | None = None    # the bundle's prompt + generation limit; None: the profile's max length
-    threads: int | None = None
-    seed: int = 0
-    data: LMDataConfig = field(default_factory=LMDataConfig)
-    finetune: LMFinetuneConfig = field(default_factory=LMFinetuneConfig)
-    prune: DecoderPruneConfig | None = None   # None: no student; the (fine-tuned) teacher is exported
-    distill: LMDistillStage = field(default_factory=LMDistillStage)
-    quantize: LMQuantizeConfig = field(default_factory=LMQuantizeConfig)
-    validate: LMValidateConfig = field(default_factory=LMValidateConfig)
-    export: ExportConfig = field(default_factory=ExportConfig)
-    rewrite: RewriteConfig = field(default_factory=RewriteConfig)
-    bundle: BundleConfig = field(default_factory=BundleConfig)
-
-    def __post_init__(self):
-        require(bool(self.teacher), "recipe", "teacher", self.teacher,
-                "a causal-LM compile needs a teacher (there is no packaged causal-LM demo)",
-                 "pass --teacher DIR (a local Hugging Face Qwen2 / Llama directory)")
-        require(1 < self.max_length <= 8192, "recipe", "max_length", self.max_length, "must be in 2..8192", "use 128")
-        require(self.task == "causal-lm", "recipe", "task", self.task, "this recipe type is the causal LM's",
-                 'use task = "causal-lm", or the Recipe of the other tasks')
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
-
-
-def build_lm_recipe(values: dict[str, Any]) -> LMRecipe:
-    return build_config(LMRecipe, "recipe", values)
-
-
 # The packaged demo corpus's columns, used whenever no --data is given.
 DEMO_DATA: dict[str, Any] = {"text_column": "text", "label_column": "sentiment"}
 # The full demo (packaged MiniLM + packaged corpus) is sized to finish in minutes on 2 CPU cores:
 # 12k training texts (the teacher sees 6.4k of them in 400 steps; the student distils over all
-# 12k once, from cached teacher logits), a 3-of-6-layer, 8-of-12-head student keeping 67% of its FFN
-# neurons (benchmarks/int8.py: 98.6% of the teacher's test macro-F1). The student trains at
-# effective batch 32 with lr 1e-4 rather than the field's 256 / 3e-5: one pass over 12k texts is
-# only 47 steps at 256, too few for a student that lost half its layers.
+# 12k once, from cached teacher logits, evaluated every 125 steps). Only time is sized here: the
+# student's shape and int8 come from the default budget, as for any teacher.
 DEMO_OVERRIDES: dict[str, dict[str, Any]] = {
     "data": {**DEMO_DATA, "max_train": 12000, "max_validation": 1500},
     "finetune": {"max_steps": 400, "batch_size": 16, "eval_every": 200},
-    "student": {"enabled": True},
-    "prune": {"layers_to_keep": 3, "heads_to_keep": 8, "head_score": "gradient", "ffn_keep_ratio": 0.67},
     "student_train": {"batch_size": 16, "grad_accum": 2, "learning_rate": 1e-4, "epochs": 1.0,
                       "eval_every": 125},
-    # The whole chain: QAT int8 (the Jetson profiles' QDQ; the CPU profiles' int8_format is qdq too).
-    "quantize": {"method": "qat"},
 }
 
 
@@ -418,6 +284,9 @@ TASK_FLAGS = {"label_column": ("--label-column", "sequence-classification"),
               "max_steps": ("--max-steps", "sequence-classification"),
               "no_finetune": ("--no-finetune", "sequence-classification"),
               "heads": ("--heads", "sequence-classification"),
+              "no_compress": ("--no-compress", "sequence-classification"),
+              "latency_budget": ("--latency-budget", "sequence-classification"),
+              "size_budget": ("--size-budget", "sequence-classification"),
               "kv_groups": ("--kv-groups", "causal-lm"), "heads_per_group": ("--heads-per-group", "causal-lm"),
               "ffn": ("--ffn", "causal-lm"), "distill_steps": ("--distill-steps", "causal-lm"),
               "max_context": ("--max-context", "causal-lm")}
@@ -440,6 +309,16 @@ def resolve_task(flag: str | None, values: Mapping[str, Any], teacher: str | Pat
     config implies, else sequence classification (the packaged demo). An unknown name is refused by
     edgekit.tasks.get_task in preflight, with the list of tasks."""
     return flag or values.get("task") or teacher_task(teacher) or "sequence-classification"
+
+
+def budget_value(flag: str | None) -> float | str | None:
+    """A budget flag as the recipe holds it: "0.2" -> 0.2 (a ratio), "15ms" / "20MB" / "none" as written."""
+    if flag is None:
+        return None
+    try:
+        return float(flag)
+    except ValueError:
+        return flag
 
 
 def recipe_from_flags(task: str, values: Mapping[str, Any], flags: Mapping[str, Any]):
@@ -469,5 +348,7 @@ def recipe_from_flags(task: str, values: Mapping[str, Any], flags: Mapping[str, 
                           "label_column": f.get("label_column")},
                  "finetune": {"max_steps": f.get("max_steps"), "enabled": False if f.get("no_finetune") else None},
                  "prune": {"layers_to_keep": layers, "heads_to_keep": heads},
-                 "student": {"enabled": True if (layers or heads) else None}}
+                 "student": {"enabled": True if (layers or heads) else None},
+                 "compress": False if f.get("no_compress") else None,
+                 "budget": {"latency": budget_value(f.get("latency_budget")), "size": budget_value(f.get("size_budget"))}}
     return build_recipe(with_demo_sizing(merge(values, overrides)))

@@ -25,6 +25,10 @@ def _recipe(tmp_path, teacher, profile, **extra):
               "rewrite": {"measure_samples": 16},
               "validate": {"batch_sizes": [1, 3], "lengths": [8, 32], "batches_per_shape": 1},
               "bundle": {"out": str(tmp_path / "bundle")}}
+    # compression (budget plan, student, floors) only where a test asks for a student; the timings of
+    # the plan are not cached in the user's home
+    values["compress"] = "student" in extra
+    values["budget"] = {"cache": False}
     for key, value in extra.items():
         values[key] = {**values.get(key, {}), **value} if isinstance(value, dict) else value
     return load_recipe(None, values)
@@ -44,7 +48,7 @@ def test_compile_x86_bundle_is_verified_and_faithful(tmp_path, bert_dir):
     state = _compile(tmp_path, bert_dir, "x86-64-cpu")
     manifest = edgekit_runtime.verify_bundle(state.bundle_path)
     assert [p["name"] for p in manifest["pass_log"]] == pass_names(state.recipe)
-    assert "prune" not in pass_names(state.recipe)  # no student unless the recipe asks for one
+    assert "prune" not in pass_names(state.recipe)  # compress = false: the teacher as it is
     assert manifest["task"] == {"name": "sequence-classification", "labels": ["negative", "neutral", "positive"]}
     assert manifest["profile"]["name"] == "x86-64-cpu"
     assert manifest["recipe"]["finetune"]["max_steps"] == 20
@@ -126,7 +130,9 @@ def test_pruned_distilled_student_is_exported_and_validated(tmp_path, bert_dir):
     state = _compile(tmp_path, bert_dir, "jetson-orin", **STUDENT)
     manifest = edgekit_runtime.verify_bundle(state.bundle_path)
     names = [p["name"] for p in manifest["pass_log"]]
-    assert names[4:7] == ["prune", "distill", "evaluate-student"]
+    start = names.index("prune")
+    assert names[start - 3:start + 4] == ["plan-budget", "finetune", "evaluate-teacher", "prune", "distill",
+                                          "evaluate-student", "student-floor"]
     prune = manifest["figures"]["compression"]["prune"]
     assert [r["kept"] for r in prune["plan"]] == [False, True] or [r["kept"] for r in prune["plan"]] == [True, False]
     assert prune["reload_max_abs_diff"] <= 1e-5 and prune["non_embedding_ratio"] < 0.5

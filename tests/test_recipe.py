@@ -18,10 +18,13 @@ def test_demo_sizing_only_for_demo():
     demo = load_recipe(None, {})
     assert demo.is_demo and demo.finetune.max_steps == DEMO_OVERRIDES["finetune"]["max_steps"]
     assert demo.data.label_column == "sentiment"
-    assert demo.student.enabled and demo.prune.layers_to_keep == 3 and demo.quantize.method == "qat"
     user = load_recipe(None, {"teacher": "x", "data": {"path": "d.csv"}})
     assert user.finetune.max_steps is None and user.data.label_column == "label"
-    assert not user.student.enabled and user.quantize.method == "none"  # compression is opt-in
+    # compression is on for every teacher, the demo's and the user's alike: the budget plans the shape
+    for recipe in (demo, user):
+        assert recipe.compress and recipe.student.enabled and recipe.prune.is_noop and recipe.quantize.method == "auto"
+    off = load_recipe(None, {"teacher": "x", "compress": False})
+    assert not off.student.enabled and off.quantize.method == "none"
     # The user's own value beats the demo sizing.
     assert load_recipe(None, {"finetune": {"max_steps": 7}}).finetune.max_steps == 7
 

@@ -69,11 +69,21 @@ def start_state(recipe, profile, *, resume: bool = False, echo: Callable[[str], 
                         echo=echo, resume=resume, bundle_path=out)
 
 
-def run_passes(state: CompileState, names: list[str]) -> None:
-    """Run the named passes of the state's adapter in order, each timed into the pass log."""
+def run_passes(state: CompileState, names: list[str] | None = None) -> None:
+    """Run the adapter's passes in order, each timed into the pass log.
+
+    ``names`` None: the adapter's list for ``state.recipe``, re-read whenever a pass rewrites the
+    recipe (the budget plan decides whether a student and int8 follow) and resumed after the
+    pass that did it; a pass's ``rerun_from`` sends the run back to that pass (a back-off retry).
+    """
     echo = state.echo
-    for i, name in enumerate(names, 1):
-        echo(f"[{i}/{len(names)}] {name}")
+    fixed = names is not None
+    names = list(names) if fixed else state.adapter.pass_names(state.recipe)
+    i = 0
+    while i < len(names):
+        name = names[i]
+        echo(f"[{i + 1}/{len(names)}] {name}")
+        recipe = state.recipe
         start = time.perf_counter()
         result = state.adapter.PASSES[name](state)
         seconds = time.perf_counter() - start
@@ -82,6 +92,12 @@ def run_passes(state: CompileState, names: list[str]) -> None:
         for note in result.notes:
             echo(f"      {note}")
         echo(f"      done in {seconds:.1f}s")
+        if state.recipe is not recipe:  # a pass rewrote the recipe: preflight it again
+            state.target = resolve_target(state.recipe, state.profile, state.adapter)
+            if not fixed:
+                names = state.adapter.pass_names(state.recipe)
+        # pass names are unique within a list: carry on after this one, or go back to the retry's start
+        i = names.index(result.rerun_from) if result.rerun_from else names.index(name) + 1
 
 
 def write_output(state: CompileState, signing_key=None) -> None:
@@ -105,7 +121,7 @@ def compile_bundle(recipe, profile, *, echo: Callable[[str], None] = print, resu
     signing_key = load_private_key(sign_key) if sign_key is not None else None  # preflight: before any training
     state = start_state(recipe, profile, resume=resume, echo=echo)
     try:
-        run_passes(state, state.adapter.pass_names(recipe))
+        run_passes(state)
         write_output(state, signing_key)
     except BaseException:
         echo(f"compile stopped; work kept in {state.workdir} (rerun the same command with --resume to continue)")

@@ -43,6 +43,9 @@ class PassResult:
     changed: bool = True
     figures: dict[str, Any] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    # Go back and run again from this pass (a quality floor backing off to a bigger student);
+    # the pass that asks has already rewritten state.recipe for the retry.
+    rerun_from: str | None = None
 
 
 @dataclass

@@ -26,6 +26,8 @@ def resolve_target(recipe, profile, adapter) -> Target:
                            f"(allowed: {list(profile.precisions)}). Fix: choose one of those in [export] precision.")
     check_quantize(recipe, profile)
     method = recipe.quantize.method
+    if method == "auto":  # until the budget plan decides: int8 (QAT) where the profile takes it
+        method = "qat" if "int8" in profile.precisions else "none"
     int8 = method != "none"
     max_context = adapter.max_context(recipe, profile)
     if max_context > profile.max_sequence_length:

@@ -39,8 +39,8 @@ EMBEDDING_MIN_ROWS = 1000  # tables this large get int8 rows (the vocabulary; no
 def check_quantize(recipe, profile) -> None:
     """Preflight: what the recipe asks of int8 must be something the profile takes."""
     q = recipe.quantize
-    if q.method == "none":
-        return
+    if q.method == "none" or (q.method == "auto" and "int8" not in profile.precisions):
+        return  # "auto" on a profile without int8: the budget plan picks fp32
     if "int8" not in profile.precisions:
         raise EdgekitError(f"[quantize] method = {q.method!r} but profile {profile.name!r} does not allow int8 "
                            f"(precisions {list(profile.precisions)}). Fix: set [quantize] method = \"none\".")

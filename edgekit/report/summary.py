@@ -50,6 +50,7 @@ def format_summary(state: "CompileState") -> str:
                          f"parameters; keeps {q['student_retention']:.1%} of its test {headline}")
         for alert in comp.get("distill", {}).get("alerts", []):
             lines.append(f"alert: {alert}")
+    lines.extend(budget_lines(fig.get("budget")))
     val = fig["validation"]
     lines.append(f"validation vs PyTorch: max |diff| {val['max_abs_diff']:.2e} over {len(val['cases'])} "
                  f"batch x length cases (atol {val['atol']}, rtol {val['rtol']})")
@@ -59,6 +60,23 @@ def format_summary(state: "CompileState") -> str:
                          f"argmax agreement {s['argmax_agreement']:.4f} on {s['samples']} validation texts")
     lines.append(f"bundle: {state.bundle_path}")
     return "\n".join(lines)
+
+
+def budget_lines(budget: dict | None) -> list[str]:
+    """The plan against its budget: predicted and measured latency and bytes (ratios to the teacher)."""
+    if not budget:
+        return []
+    final = budget["attempts"][-1]
+    measured = final.get("bundle", {})
+    lines = [f"budget: latency {budget['latency']}, size {budget['size']}; plan {final['layers']} layers, "
+             f"{final['heads']} heads, FFN {final['ffn']}, {final['precision']}"
+             + (f" after {len(budget['attempts']) - 1} back-off(s)" if len(budget["attempts"]) > 1 else "")]
+    if "measured_latency_ratio" in measured:
+        lines.append(f"budget at b={budget['batch']} x {budget['length']} (ORT, this host): latency predicted "
+                     f"{final['predicted_latency_ratio']:.3f}, measured {measured['measured_latency_ratio']:.3f} x "
+                     f"the teacher; bytes predicted {final['predicted_size_ratio']:.3f}, measured "
+                     f"{measured['measured_size_ratio']:.3f} x")
+    return lines
 
 
 def format_lm_summary(state: "CompileState") -> str:

@@ -11,6 +11,7 @@ import torch
 import torch.nn.functional as F
 from edgekit_runtime.errors import EdgekitError
 
+from ..budget.passes import pass_plan_budget, pass_quality_floor, pass_student_floor
 from ..bundle.manifest import build_manifest, stage_files
 from ..compiler.adapter import ExportIO
 from ..data.passes import pass_load_data
@@ -37,6 +38,7 @@ def _head_prefixes(model) -> tuple[str, ...]:
 
 
 TEACHER_PASSES = ["load-data", "load-teacher", "finetune", "evaluate-teacher"]
+COMPRESS_PASSES = ["load-data", "load-teacher", "plan-budget", "finetune", "evaluate-teacher"]
 GRAPH_PASSES = ["export", "rewrite", "check-ops", "validate", "evaluate-bundle"]
 
 
@@ -49,29 +51,36 @@ class SequenceClassification:
         "evaluate-teacher": pass_evaluate_teacher, "prune": pass_prune, "distill": pass_distill,
         "evaluate-student": pass_evaluate_student, "qat": pass_qat, "int8": pass_int8, "quant-gate": pass_quant_gate,
         "export": pass_export, "rewrite": pass_rewrite, "check-ops": pass_check_ops, "validate": pass_validate,
-        "evaluate-bundle": pass_evaluate_bundle,
+        "evaluate-bundle": pass_evaluate_bundle, "plan-budget": pass_plan_budget,
+        "student-floor": pass_student_floor, "quality-floor": pass_quality_floor,
     }
 
     # -- the compile: which passes, in which order, and what the bundle holds ------------------------
 
     def pass_names(self, recipe) -> list[str]:
-        """The passes this recipe runs, in order (student stages in the recipe's order)."""
+        """The passes this recipe runs, in order (student stages in the recipe's order). Compressing
+        (a student, or int8 left to the plan) adds the budget plan before training and the quality
+        floors after the student and after the bundle."""
+        method, compress = recipe.quantize.method, recipe.compress
         middle = [*recipe.student.order, "evaluate-student"] if recipe.student.enabled else []
-        method = recipe.quantize.method
-        if method == "qat":
+        if recipe.student.enabled:
+            middle.append("student-floor")
+        if method in ("qat", "auto"):
             middle.append("qat")
         graph = list(GRAPH_PASSES)
         if method != "none":
             graph.insert(graph.index("rewrite") + 1, "int8")
             graph.insert(graph.index("validate") + 1, "quant-gate")
-        return TEACHER_PASSES + middle + graph
+        if compress:
+            graph.append("quality-floor")
+        return (COMPRESS_PASSES if compress else TEACHER_PASSES) + middle + graph
 
     def max_context(self, recipe, profile) -> int:
         return recipe.max_length
 
     def preflight(self, recipe, profile) -> None:
-        if recipe.student.enabled and "prune" in recipe.student.order:
-            recipe.prune.require_something()
+        """Nothing beyond the shared preflight: an empty [prune] is the budget plan's to fill, and
+        the plan refuses a budget no student fits before any training."""
 
     def default_out(self, profile) -> Path:
         return Path("bundles") / profile.name

@@ -17,6 +17,8 @@ from tqdm.auto import tqdm
 from ..data import TextDataset
 from ..recipe import FinetuneConfig
 from ..compiler.adapter import TaskAdapter
+from .manager import EarlyStopper
+from .scaling import scaled_finetune
 
 
 @dataclass
@@ -26,6 +28,9 @@ class TrainResult:
     history: list[dict[str, float]] = field(default_factory=list)  # one row per evaluation
     losses: list[float] = field(default_factory=list)  # mean loss per optimizer step
     best_metric: float | None = None
+    best_step: int | None = None
+    stopped_early: bool = False
+    config: dict[str, Any] = field(default_factory=dict)  # the epochs / rate / cadence actually used
 
 
 def batches(ds: TextDataset, batch_size: int, rng: np.random.Generator | None):
@@ -74,7 +79,10 @@ def total_steps(cfg: FinetuneConfig, n_train: int) -> int:
 def train(model, adapter: TaskAdapter, tokenizer, train_ds: TextDataset, cfg: FinetuneConfig, max_length: int,
           loss_fn: Callable[[Any, dict], torch.Tensor] | None = None,
           eval_fn: Callable[[], dict[str, float]] | None = None, desc: str = "fine-tune") -> TrainResult:
-    """Train ``model`` in place; keeps the weights of the best evaluation (headline metric)."""
+    """Train ``model`` in place; keeps the weights of the best evaluation (headline metric) and stops
+    after ``early_stopping_patience`` evaluations without a better one. Values ``cfg`` leaves out
+    (epochs, learning rate, evaluation cadence) follow the number of training rows."""
+    cfg = scaled_finetune(cfg, len(train_ds))
     loss_fn = loss_fn or adapter.loss
     torch.manual_seed(cfg.seed)
     rng = np.random.default_rng(cfg.seed)
@@ -91,13 +99,17 @@ def train(model, adapter: TaskAdapter, tokenizer, train_ds: TextDataset, cfg: Fi
     scheduler = linear_schedule(optimizer, warmup, steps)
     per_epoch = math.ceil(len(train_ds) / (cfg.batch_size * cfg.grad_accum))
     eval_every = cfg.eval_every or per_epoch
-    result = TrainResult(steps=0, seconds=0.0)
+    result = TrainResult(steps=0, seconds=0.0, config={"epochs": cfg.epochs, "max_steps": cfg.max_steps,
+                                                      "total_steps": steps, "learning_rate": cfg.learning_rate,
+                                                      "warmup_steps": warmup, "eval_every": eval_every,
+                                                      "early_stopping_patience": cfg.early_stopping_patience})
+    stopper = EarlyStopper(cfg.early_stopping_patience)
     best_state = None
     start = time.perf_counter()
     bar = tqdm(total=steps, desc=desc, unit="step", dynamic_ncols=True)
     step = 0
     model.train()
-    while step < steps:
+    while step < steps and not result.stopped_early:
         # An epoch that ended mid-accumulation must not leak its gradients into the next step.
         optimizer.zero_grad(set_to_none=True)
         micro = 0
@@ -127,10 +139,15 @@ def train(model, adapter: TaskAdapter, tokenizer, train_ds: TextDataset, cfg: Fi
                 headline = next(iter(metrics.values()))
                 result.history.append({"step": step, **metrics})
                 bar.write(f"  step {step}/{steps}: " + ", ".join(f"{k} {v:.4f}" for k, v in metrics.items()))
-                if result.best_metric is None or headline > result.best_metric:
-                    result.best_metric = headline
+                if stopper.update(headline):
+                    result.best_metric, result.best_step = headline, step
                     best_state = {k: v.detach().clone() for k, v in model.state_dict().items()}
-            if step >= steps:
+                elif stopper.should_stop:
+                    result.stopped_early = True
+                    bar.write(f"  early stop at step {step}: no better validation {next(iter(metrics))} in "
+                              f"{stopper.patience} evaluations (best {result.best_metric:.4f} at step "
+                              f"{result.best_step}, kept)")
+            if step >= steps or result.stopped_early:
                 break
     bar.close()
     if best_state is not None:

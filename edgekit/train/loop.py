@@ -22,6 +22,7 @@ from edgekit_runtime.errors import EdgekitError
 from ..distill.losses import DistillConfig, HiddenProjection, attention_layer_map, distill_loss, hidden_layer_map
 from ..distill.teacher_cache import TeacherCache
 from .finetune import evaluate, linear_schedule
+from .scaling import scaled_student
 from .manager import (CheckpointManager, DivergenceMonitor, EarlyStopper, LossCurveWriter, TrainingConfig,
                       restore_rng, rng_state)
 
@@ -67,7 +68,8 @@ def distill_train(student, teacher, adapter, tokenizer, train_ds, val_ds, distil
     ``on_step(step)`` runs after each optimizer step (and its checkpoint); raising there interrupts.
     The teacher is frozen: it is put in eval mode and never receives gradients.
     """
-    cfg, workdir, n = train_cfg, Path(workdir), len(train_ds)
+    # values the recipe left out follow the training rows (edgekit.train.scaling)
+    cfg, workdir, n = scaled_student(train_cfg, len(train_ds)), Path(workdir), len(train_ds)
     steps, micro_per_epoch = cfg.total_steps(n), math.ceil(n / cfg.batch_size)
     eval_every = cfg.eval_every or max(1, micro_per_epoch // cfg.grad_accum)
     if eval_fn is None and val_ds is not None:

@@ -29,15 +29,15 @@ class TrainingConfig:
     """Field defaults for BERT-class distillation: effective batch 256 = 16 x 16 accumulated."""
 
     batch_size: int = 16
-    grad_accum: int = 16
-    learning_rate: float = 3e-5
+    grad_accum: int = 2
+    learning_rate: float | None = None  # None: edgekit.train.scaling (1e-4 for a distilled student)
     warmup_steps: int = 500  # clamped to max_warmup_fraction of all steps
     max_warmup_fraction: float = 0.1
     weight_decay: float = 0.01
     max_grad_norm: float = 1.0
-    epochs: float = 3.0
+    epochs: float | None = None  # None: scaled to the training rows (edgekit.train.scaling)
     max_steps: int | None = None  # optimizer steps; wins over epochs when set
-    eval_every: int = 0  # optimizer steps between evaluations (and checkpoints); 0 = about once per epoch
+    eval_every: int | None = None  # optimizer steps between evaluations (and checkpoints); 0 = about once per epoch
     early_stopping_patience: int = 3  # evaluations without improvement before stopping; 0 = never stop early
     divergence_window: int = 3  # evaluations over which a growing KD-vs-task gap raises an alert
     seed: int = 0
@@ -45,16 +45,20 @@ class TrainingConfig:
     def __post_init__(self):
         for key in ("batch_size", "grad_accum", "divergence_window"):
             require(getattr(self, key) > 0, "student_train", key, getattr(self, key), "must be positive", "e.g. 16")
-        require(0 < self.learning_rate < 1, "student_train", "learning_rate", self.learning_rate, "must be in (0, 1)", "3e-5")
+        require(self.learning_rate is None or 0 < self.learning_rate < 1, "student_train", "learning_rate",
+                self.learning_rate, "must be in (0, 1)", "1e-4, or leave it out")
         require(self.warmup_steps >= 0, "student_train", "warmup_steps", self.warmup_steps, "must be >= 0", "use 500")
         require(0 <= self.max_warmup_fraction <= 1, "student_train", "max_warmup_fraction", self.max_warmup_fraction,
                 "must be in [0, 1]", "use 0.1")
         require(self.weight_decay >= 0, "student_train", "weight_decay", self.weight_decay, "must be >= 0", "use 0.01")
-        require(self.epochs > 0, "student_train", "epochs", self.epochs, "must be positive", "e.g. 3")
+        require(self.epochs is None or self.epochs > 0, "student_train", "epochs", self.epochs, "must be positive",
+                "e.g. 3, or leave it out to scale with the data")
         require(self.max_steps is None or self.max_steps > 0, "student_train", "max_steps", self.max_steps,
                 "must be positive", "remove it to train by epochs")
-        for key in ("eval_every", "early_stopping_patience"):
-            require(getattr(self, key) >= 0, "student_train", key, getattr(self, key), "must be >= 0", "0 turns it off")
+        require(self.eval_every is None or self.eval_every >= 0, "student_train", "eval_every", self.eval_every,
+                "must be >= 0", "0 = about once per epoch, or leave it out")
+        require(self.early_stopping_patience >= 0, "student_train", "early_stopping_patience",
+                self.early_stopping_patience, "must be >= 0", "0 turns it off")
 
     @property
     def effective_batch(self) -> int:

@@ -24,7 +24,9 @@ def pass_finetune(state: CompileState) -> PassResult:
     torch.save(state.teacher.state_dict(), tmp)
     tmp.replace(saved)
     return PassResult(figures={"steps": result.steps, "seconds": round(result.seconds, 1),
-                               "best_validation": result.best_metric, "history": result.history,
+                               "best_validation": result.best_metric, "best_step": result.best_step,
+                               "stopped_early": result.stopped_early, "config": result.config,
+                               "history": result.history,
                                "loss_first": result.losses[:1], "loss_last": result.losses[-1:]})
 
 
