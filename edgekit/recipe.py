@@ -33,6 +33,9 @@ class DataConfig:
     """The labelled data: None path means the packaged demo corpus."""
 
     path: str | None = None
+    # Your own held-out files (same columns): then `path` is all training rows and `split` is unused.
+    validation_path: str | None = None
+    test_path: str | None = None
     text_column: str = "text"
     label_column: str = "label"
     format: str | None = None
@@ -51,6 +54,11 @@ class DataConfig:
         for key in ("max_train", "max_validation", "max_test"):
             value = getattr(self, key)
             require(value is None or value > 0, "data", key, value, "must be positive", "remove it or set a positive count")
+        require((self.validation_path is None) == (self.test_path is None), "data", "validation_path",
+                self.validation_path, "needs test_path too (and test_path needs validation_path)",
+                "give both held-out files, or neither to split `path` by `split`")
+        require(self.validation_path is None or self.path is not None, "data", "validation_path",
+                self.validation_path, "needs the training file in `path`", "set path = \"train.csv\"")
 
 
 @dataclass(frozen=True)

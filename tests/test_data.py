@@ -309,3 +309,27 @@ def test_demo_teacher_path_holds_config():
     from edgekit.data import demo_teacher_path
 
     assert (demo_teacher_path() / "config.json").is_file()
+
+
+def test_held_out_files_are_used_as_given(tmp_path):
+    from types import SimpleNamespace
+
+    from edgekit.config import RecipeError
+    from edgekit.data.passes import pass_load_data
+    from edgekit.recipe import DataConfig
+
+    def write(name, rows):
+        path = tmp_path / name
+        path.write_text("text,label\n" + "".join(f"{t},{y}\n" for t, y in rows), encoding="utf-8")
+        return str(path)
+
+    train = write("train.csv", [(f"text number {i}", "ab"[i % 2]) for i in range(20)])
+    val = write("val.csv", [("held out one", "b"), ("held out two", "a")])
+    test = write("test.csv", [("test one", "a"), ("test two", "b")])
+    state = SimpleNamespace(recipe=SimpleNamespace(data=DataConfig(path=train, validation_path=val, test_path=test)))
+    pass_load_data(state)
+    assert len(state.splits.train) == 20 and state.splits.validation.texts == ("held out one", "held out two")
+    assert state.splits.validation.labels == (1, 0)  # indexed by the training file's label set
+    assert state.splits.test.label_names == state.splits.train.label_names
+    with pytest.raises(RecipeError, match="needs test_path too"):
+        DataConfig(path=train, validation_path=val)

@@ -25,7 +25,7 @@ def _compile(tmp_path, profile_name, **extra):
     # A short run: the point is the real graph through every pass, not the accuracy.
     recipe = load_recipe(None, {
         "profile": profile_name, "max_length": 64, "threads": 2,
-        "student": {"enabled": False}, "quantize": {"method": "none"}, **extra,
+        "compress": False, **extra,
         "data": {"max_train": 256, "max_validation": 96, "max_test": 96},
         "finetune": {"max_steps": 6, "batch_size": 8},
         "rewrite": {"measure_samples": 64},
@@ -58,7 +58,10 @@ def test_minilm_bundle_per_profile(tmp_path, demo_paths, profile_name):
 
 def test_minilm_full_chain_student_qat_int8(tmp_path, demo_paths):
     """The demo's chain on the real model: prune 3/6 layers and 8/12 heads, distill, QAT, int8 bundle."""
-    state = _compile(tmp_path, "jetson-orin", student={"enabled": True, "importance_batches": 2},
+    state = _compile(tmp_path, "jetson-orin", compress=True, student={"enabled": True, "importance_batches": 2},
+                     prune={"layers_to_keep": 3, "heads_to_keep": 8, "ffn_keep_ratio": 0.67},
+                     # a 3-step smoke of the chain: the floor and the gate judge quality, not this test
+                     budget={"quality_allowance": 0.99},
                      quantize={"method": "qat", "qat": {"calibration_batches": 2},
                                "gate": {"min_argmax_agreement": 0.0, "max_metric_drop": 1.0}},
                      student_train={"max_steps": 3, "batch_size": 8, "grad_accum": 1},

@@ -416,3 +416,28 @@ def test_shared_activation_qdq_is_unshared_so_every_matmul_gets_int8(tmp_path):
     assert results["shared"][1]["MatMulIntegerToFloat"] < 2 == results["unshared"][1]["MatMulIntegerToFloat"]
     for a, b in zip(results["shared"][0], results["unshared"][0]):  # int8 GEMM vs fp32 on the same values
         np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_gate_thresholds_never_finer_than_the_rows():
+    from edgekit.quant.gate import GateConfig, QuantizationGateError, quantized_gate
+
+    def metrics(logits, labels):
+        return {"accuracy": float((np.asarray(logits).argmax(-1) == labels).mean())}
+
+    labels = np.zeros(60, dtype=int)
+    reference = np.tile([[1.0, 0.0]], (60, 1))
+    one_flip = reference.copy()
+    one_flip[0] = [0.0, 1.0]
+    # 60 rows: one flipped row is 98.3% agreement; the gate allows two rows' worth, and says so
+    figures = quantized_gate(reference, one_flip, labels, metrics, GateConfig())
+    assert figures["passed"] and figures["min_argmax_agreement"] == pytest.approx(1 - 2 / 60)
+    three = reference.copy()
+    three[:3] = [0.0, 1.0]
+    with pytest.raises(QuantizationGateError, match="agreement 0.9500"):
+        quantized_gate(reference, three, labels, metrics, GateConfig())
+    # on 1,000 rows the configured 99% holds as written
+    big = np.tile([[1.0, 0.0]], (1000, 1))
+    flipped = big.copy()
+    flipped[:11] = [0.0, 1.0]
+    with pytest.raises(QuantizationGateError):
+        quantized_gate(big, flipped, np.zeros(1000, dtype=int), metrics, GateConfig())

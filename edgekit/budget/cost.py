@@ -1,12 +1,11 @@
 """The latency and size model the budget search prices student shapes with.
 
-Latency is measured, not derived from FLOPs (at batch 1 a CPU spends much of its time in per-op
-overhead FLOPs do not see): students of the teacher's own architecture, cut and exported as the real
-student is, are timed in ONNX Runtime as the runtime sets it up on this host, and per precision
-``ms = c0 + L * (c_layer + H * c_head + F * c_ffn)`` is fitted. The int8 graphs are a timing proxy for
-the QAT QDQ graph of the same shape: ORT's static QDQ quantizer on the encoder Linears, finished as
-the int8 pass finishes it. Bytes: parameter counts at their stored width plus the graph overhead
-(nodes, names, buffers, activation scales) fitted on the measured files.
+Latency is measured, not derived from FLOPs (at batch 1 a CPU spends much of its time in per-op overhead
+FLOPs miss): students of the teacher's architecture, cut and exported as the real student is, are timed in
+ONNX Runtime on this host and ``ms = c0 + L * (c_layer + H * c_head + F * c_ffn)`` is fitted per precision.
+The int8 graphs are a timing proxy for the QAT QDQ graph of the same shape: ORT's static QDQ quantizer on
+the encoder Linears, finished as the int8 pass finishes it. Bytes: parameter counts at their stored width,
+plus graph overhead (nodes, names) fitted on the measured files.
 """
 
 from __future__ import annotations
@@ -26,10 +25,11 @@ from pathlib import Path
 
 import numpy as np
 import onnx
-import onnxruntime
 import torch
-from edgekit_runtime.backends.ort import ort_session
+from edgekit_runtime.backends.base import QDQ_CPU_DISABLED_OPTIMIZERS  # before onnxruntime: telemetry off
 from edgekit_runtime.errors import EdgekitError
+from onnxruntime import InferenceSession, SessionOptions
+from onnxruntime import __version__ as ORT_VERSION
 from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
 
 from ..export.onnx_export import export_onnx
@@ -44,7 +44,9 @@ PRECISIONS = ("fp32", "int8")
 VERSION = 1                 # bump when the measurement changes: old cache files stop matching
 EMBEDDING_MIN_ROWS = 1000   # as edgekit.quant.passes: only tables this large (the vocabulary) go int8
 CHANNEL_BYTES = 5           # per quantized output channel: fp32 scale + int8 zero point
-WARMUP, ROUNDS, CALIBRATION_FEEDS = 3, 25, 4
+ROUNDS, BURST, CALIBRATION_FEEDS = 7, 5, 4   # the first round warms up: 6 x 4 timed calls per graph
+QDQ_OPTIONS = {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,   # as edgekit.quant.ptq
+               "OpTypesToExcludeOutputQuantization": ["MatMul"]}
 VOLATILE_KEYS = ("_name_or_path", "transformers_version", "torch_dtype", "dtype", "id2label", "label2id",
                  "_commit_hash", "_attn_implementation_autoset", "architectures", "auto_map")
 
@@ -57,8 +59,7 @@ class Shape:
 
     def __post_init__(self):
         if any(isinstance(v, bool) or not isinstance(v, int) or v < 1 for v in vars(self).values()):
-            raise EdgekitError(f"{self}: layers, heads and ffn must be positive integers (a student keeps at least "
-                               f"one of each). Fix: pass ints >= 1.")
+            raise EdgekitError(f"{self}: layers, heads and ffn must be integers >= 1. Fix: keep at least one of each.")
 
     def label(self) -> str:
         return f"L{self.layers} H{self.heads} F{self.ffn}"
@@ -78,10 +79,8 @@ class CostModel:
     def _check(self, shape: Shape, precision: str) -> None:
         if precision not in PRECISIONS:
             raise EdgekitError(f"precision {precision!r} is not one of {list(PRECISIONS)}. Fix: use one of those.")
-        t = self.teacher
-        if shape.layers > t.layers or shape.heads > t.heads or shape.ffn > t.ffn:
-            raise EdgekitError(f"shape {shape.label()} is larger than the teacher's {t.label()}: a student keeps "
-                               f"a subset. Fix: ask for a shape within the teacher's.")
+        if any(a > b for a, b in zip(vars(shape).values(), vars(self.teacher).values())):
+            raise EdgekitError(f"shape {shape.label()} exceeds the teacher's {self.teacher.label()}. Fix: cut less.")
 
     def latency_ms(self, shape: Shape, precision: str) -> float:
         """Predicted median ms at ``batch`` x ``length`` with ``threads`` threads on the measured host."""
@@ -102,9 +101,10 @@ class CostModel:
         rows = int8_embeddings and w == 1   # int8 table rows with an fp32 scale each, instead of fp32 rows
         emb = 4 * s["embedding"] - (3 * s["embedding_int8"] - 4 * s["embedding_int8_rows"]) * rows
         part = lambda params, biases, channels: w * (params - biases) + 4 * biases + c * channels   # fp32 biases
-        return overhead + emb + 4 * s["head"] + L * (4 * s["layer_fixed"] + c * 2 * s["hidden"]   # O, FFN-out channels
-                                            + H * part(s["per_head"], s["per_head_bias"], 3 * s["head_dim"])
-                                            + F * part(s["per_neuron"], s["per_neuron_bias"], 1))
+        return overhead + emb + 4 * s["head"] + L * (
+            4 * s["layer_fixed"] + c * 2 * s["hidden"]   # fp32 biases and norms; the O and FFN-out channels
+            + H * part(s["per_head"], s["per_head_bias"], 3 * s["head_dim"])
+            + F * part(s["per_neuron"], s["per_neuron_bias"], 1))
 
     def to_dict(self) -> dict:
         return {"version": VERSION, "teacher": [self.teacher.layers, self.teacher.heads, self.teacher.ffn],
@@ -164,8 +164,7 @@ def candidate_shapes(t: Shape) -> list[Shape]:
 
 def export_student(teacher: torch.nn.Module, adapter, tokenizer, shape: Shape, path: Path, length: int) -> Path:
     """A copy of ``teacher`` cut to ``shape`` and exported as the real student is (the teacher is not touched)."""
-    model = copy.deepcopy(teacher).cpu()
-    n = len(encoder_layers(model))
+    model, n = copy.deepcopy(teacher).cpu(), len(encoder_layers(teacher))
     plan = PrunePlan(num_layers=n, kept_layers=uniform_layers(n, shape.layers),
                      heads=(tuple(range(shape.heads)),) * shape.layers, ffn=(tuple(range(shape.ffn)),) * shape.layers)
     return export_onnx(apply_plan(model, plan), adapter, tokenizer, ["an example", "another one"], path, length)
@@ -173,12 +172,10 @@ def export_student(teacher: torch.nn.Module, adapter, tokenizer, shape: Shape, p
 
 def random_feeds(inputs: dict[str, type], batch: int, length: int, vocab: int, rng: np.random.Generator) -> dict:
     """Random token ids, attention mask all ones, token types zeros, typed as the graph takes them."""
-    unknown = sorted(set(inputs) - {"input_ids", "attention_mask", "token_type_ids"})
-    if unknown:
-        raise EdgekitError(f"graph inputs {unknown} are not input_ids, attention_mask or token_type_ids; the cost "
-                           f"model cannot feed them. Fix: price a sequence-classification encoder.")
     make = {"input_ids": lambda: rng.integers(1, max(2, vocab), (batch, length)),
             "attention_mask": lambda: np.ones((batch, length)), "token_type_ids": lambda: np.zeros((batch, length))}
+    if set(inputs) - set(make):
+        raise EdgekitError(f"graph inputs {sorted(inputs)}: only {sorted(make)} can be fed. Fix: price an encoder.")
     return {name: make[name]().astype(dtype) for name, dtype in inputs.items()}
 
 
@@ -188,30 +185,33 @@ def quantize_proxy(src: Path, dst: Path, feeds: list[dict]) -> Path:
     model = onnx.load(str(src))
     weights = {t.name for t in model.graph.initializer}
     nodes = [n.name for n in model.graph.node if n.op_type == "MatMul" and n.input[1] in weights]
-    extra = {"ActivationSymmetric": True, "WeightSymmetric": True, "QuantizeBias": False,
-             "OpTypesToExcludeOutputQuantization": ["MatMul"]}
     with _quiet_ort_quantizer():
         quantize_static(str(src), str(dst), _FeedReader(feeds, _graph_inputs(model), 1 << 30),
                         quant_format=QuantFormat.QDQ, op_types_to_quantize=["MatMul"], nodes_to_quantize=nodes,
                         per_channel=True, activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax, extra_options=extra)
+                        calibrate_method=CalibrationMethod.MinMax, extra_options=dict(QDQ_OPTIONS))
     model, _ = unshare_activation_qdq(onnx.load(str(dst)))
     onnx.save(quantize_embeddings(model, min_rows=EMBEDDING_MIN_ROWS)[0], str(dst))
     return dst
 
 
-def time_graphs(graphs: list[tuple[Path, str]], feeds: dict, threads: int, rounds: int = ROUNDS) -> list[float]:
-    """Median ms per (path, precision), round robin with a rotating start so noise hits every graph alike."""
-    sessions = (ort_session(p, ["CPUExecutionProvider"], threads=threads, quantized=q == "int8") for p, q in graphs)
+def time_graphs(graphs: list[tuple[Path, str]], feeds: dict, threads: int) -> list[float]:
+    """Median ms per (path, precision), bursts round robin with a rotating start so noise hits all alike. Sessions
+    as the runtime's ort_session, plus: pools stop spinning after a run (idle ones would take the timed one's cores)."""
+    options = SessionOptions()
+    options.log_severity_level, options.intra_op_num_threads = 3, threads
+    options.add_session_config_entry("session.force_spinning_stop", "1")
+    sessions = (InferenceSession(str(p), options, ["CPUExecutionProvider"],
+                                 disabled_optimizers=list(QDQ_CPU_DISABLED_OPTIMIZERS) if q == "int8" else None)
+                for p, q in graphs)
     runs = [(s, {i.name: feeds[i.name] for i in s.get_inputs()}) for s in sessions]
-    for session, feed in runs * WARMUP:
-        session.run(None, feed)
     times: list[list[float]] = [[] for _ in runs]
-    for r, k in itertools.product(range(rounds), range(len(runs))):
+    for r, k, b in itertools.product(range(ROUNDS), range(len(runs)), range(BURST)):
         session, feed = runs[j := (r + k) % len(runs)]
         start = time.perf_counter()
         session.run(None, feed)
-        times[j].append((time.perf_counter() - start) * 1000)
+        if r and b:   # a burst's first call wakes the pool and refills the caches: not the runtime's steady state
+            times[j].append((time.perf_counter() - start) * 1000)
     return [statistics.median(t) for t in times]
 
 
@@ -231,23 +231,19 @@ def fit_latency(points: list[dict]) -> tuple[tuple[float, ...], float]:
 def cache_key(teacher: torch.nn.Module, *what) -> str:
     """What the timings depend on: the architecture (not the weights), ``what`` was measured, the host."""
     config = {k: v for k, v in teacher.config.to_dict().items() if k not in VOLATILE_KEYS}
-    info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").is_file() else ""
-    cpu = next((ln.split(":", 1)[1].strip() for ln in info.splitlines() if ln.startswith("model name")),
-               platform.processor())
-    blob = json.dumps([VERSION, config, teacher.config.num_labels, what, onnxruntime.__version__, platform.machine(),
-                       cpu], sort_keys=True, default=str)
-    return hashlib.sha256(blob.encode()).hexdigest()[:32]
+    info = Path("/proc/cpuinfo").read_text().splitlines() if Path("/proc/cpuinfo").is_file() else []
+    cpu = next((ln.split(":", 1)[1].strip() for ln in info if ln.startswith("model name")), platform.processor())
+    blob = [VERSION, config, teacher.config.num_labels, what, ORT_VERSION, platform.machine(), cpu]
+    return hashlib.sha256(json.dumps(blob, sort_keys=True, default=str).encode()).hexdigest()[:32]
 
 
 def fit_cost_model(teacher: torch.nn.Module, adapter, tokenizer, *, length: int, batch: int = 1,
                    threads: int | None = None, precisions=("fp32", "int8"), cache_dir: Path | None = None,
                    echo: Callable[[str], None] = print) -> CostModel:
-    """Time ~5 students per precision on this host and fit the cost model; cached per host and architecture.
-    ``threads`` None: every CPU this process may use, fixed here so the cache key and the timing agree."""
+    """Time ~5 students per precision on this host, fit, cache. ``threads`` None: every CPU this process may use."""
     precisions = tuple(dict.fromkeys(precisions))
     if not precisions or any(p not in PRECISIONS for p in precisions):
-        raise EdgekitError(f"precisions {list(precisions)}: each must be one of {list(PRECISIONS)}. "
-                           f"Fix: pass e.g. ('fp32', 'int8').")
+        raise EdgekitError(f"precisions {list(precisions)}: each must be one of {list(PRECISIONS)}. Fix: use those.")
     if threads is None:
         threads = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     for name, value in (("length", length), ("batch", batch), ("threads", threads)):
@@ -274,8 +270,7 @@ def fit_cost_model(teacher: torch.nn.Module, adapter, tokenizer, *, length: int,
             if "int8" in precisions:
                 calib = [random_feeds(inputs, batch, length, vocab, rng) for _ in range(CALIBRATION_FEEDS)]
                 graphs.append((quantize_proxy(fp32, Path(tmp) / f"s{i}-int8.onnx", calib), "int8", shape))
-        feeds = random_feeds(inputs, batch, length, vocab, rng)
-        ms = time_graphs([(p, precision) for p, precision, _ in graphs], feeds, threads)
+        ms = time_graphs([(p, q) for p, q, _ in graphs], random_feeds(inputs, batch, length, vocab, rng), threads)
         points = [{"shape": [shape.layers, shape.heads, shape.ffn], "precision": precision, "ms": round(m, 4),
                    "bytes": path.stat().st_size} for (path, precision, shape), m in zip(graphs, ms)]
     for k, ((_, precision, shape), m) in enumerate(zip(graphs, ms), 1):
@@ -284,16 +279,21 @@ def fit_cost_model(teacher: torch.nn.Module, adapter, tokenizer, *, length: int,
     for precision in precisions:   # the model's own dicts fill in as it is fitted
         mine = [p for p in points if p["precision"] == precision]
         model.coefficients[precision], model.residual[precision] = fit_latency(mine)
-        # graph bytes beyond the parameters (nodes, names, buffers): a + b * L, a, b >= 0
+        if model.residual[precision] > 0.25:   # say so rather than hand the search a guess
+            echo(f"      cost model: {precision} fits its timings only within {model.residual[precision]:.0%}: a busy "
+                 f"host? Fix: refit on an idle machine or with fewer threads (the cache key includes them)")
         rest = np.array([p["bytes"] - model.size_bytes(Shape(*p["shape"]), precision) for p in mine], float)
-        x = np.array([[1, p["shape"][0]] for p in mine], float)
+        x = np.array([[1, p["shape"][0]] for p in mine], float)   # graph overhead = a + b * L, a, b >= 0
         a, b = np.clip(np.linalg.lstsq(x, rest, rcond=None)[0], 0, None)
         overhead.update({f"overhead_{precision}": round(float(a)), f"overhead_layer_{precision}": round(float(b))})
     model.param_sizes.update(overhead)
-    if cache is not None:
-        cache.parent.mkdir(parents=True, exist_ok=True)
-        part = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
-        part.write_text(json.dumps(model.to_dict(), indent=1), encoding="utf-8")
-        os.replace(part, cache)
+    try:
+        if cache is not None:   # atomically: a reader sees the old file or the new one, never half of one
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            part = cache.with_name(f"{cache.name}.{os.getpid()}.tmp")
+            part.write_text(json.dumps(model.to_dict()), encoding="utf-8")
+            os.replace(part, cache)
+    except OSError as exc:
+        echo(f"      cost model: not cached ({exc}). Fix: make {cache.parent} writable")
     return model
 

@@ -19,7 +19,13 @@ def pass_load_data(state: CompileState) -> PassResult:
     cfg = state.recipe.data
     path = Path(cfg.path) if cfg.path else demo_corpus_path()
     ds, report = load_labelled(path, cfg.text_column, cfg.label_column, format=cfg.format, encoding=cfg.encoding)
-    splits = split_dataset(ds, cfg.split, seed=cfg.seed)
+    if cfg.validation_path:  # the user's own held-out files, read with the training file's label set
+        held = {name: load_labelled(p, cfg.text_column, cfg.label_column, format=cfg.format, encoding=cfg.encoding,
+                                    label_names=ds.label_names)[0]
+                for name, p in (("validation", cfg.validation_path), ("test", cfg.test_path))}
+        splits = Splits(train=ds, **held)
+    else:
+        splits = split_dataset(ds, cfg.split, seed=cfg.seed)
     caps = {"train": cfg.max_train, "validation": cfg.max_validation, "test": cfg.max_test}
     parts = {name: getattr(splits, name) for name in caps}
     parts = {name: cap(part, caps[name], cfg.seed) if caps[name] else part for name, part in parts.items()}
