@@ -216,8 +216,10 @@ def compile_bundle(data_csv: Path, out: Path, cfg: dict, validation_csv: Path, t
             sys.stderr.flush()
         code = proc.wait()
     seconds = round(time.perf_counter() - start, 1)
-    if code != 0:
-        raise SystemExit(f"edgekit compile failed (exit {code}); see {out.parent / 'compile.log'}")
+    if code != 0:  # e.g. the quality floor stopped it: a result of its own, the other sizes still run
+        text = (out.parent / "compile.log").read_text(encoding="utf-8", errors="replace")
+        error = next((line for line in reversed(text.splitlines()) if line.startswith("error:")), f"exit {code}")
+        return {"command": shlex.join(cmd), "compile_seconds": seconds, "failed": True, "error": error}
     return {"command": shlex.join(cmd), "compile_seconds": seconds}
 
 
@@ -343,6 +345,9 @@ def run_size(n: int, work: Path, pool: TextDataset, val: TextDataset, test: Text
     built = cached(d / "bundle.json", b_cfg, lambda: compile_bundle(d / "train.csv", d / "bundle", b_cfg,
                                                                      work / "validation.csv", work / "test.csv"))
     log(f"compiled in {built['compile_seconds']:.0f} s")
+    if built.get("failed"):
+        log(f"edgekit compile stopped: {built['error']}")
+        return {"rows": n, "reference": ref, "peer": peer, "bundle": built, "failed": True}
     scored = cached(d / "bundle-score.json", b_cfg, lambda: score_bundle(d / "bundle", test, args.threads))
     log(f"test macro-F1 {scored['test']['macro_f1']:.4f} (edgekit's own split: {scored['edgekit_splits']})")
     stage(n, "latency")
@@ -369,6 +374,12 @@ SYSTEMS = ("teacher_pytorch", "bundle_runtime", "peer_ort")
 
 def size_table(r: dict) -> tuple[list[str], dict]:
     """One size's table, its b1 x s128 and bytes lines, and the PASS / FAIL lines of the targets."""
+    if r.get("failed"):
+        return ([f"## N = {r['rows']:,} training rows", "",
+                 f"reference test macro-F1 {r['reference']['test']['macro_f1']:.4f}, peer "
+                 f"{r['peer']['test']['macro_f1']:.4f}; edgekit compile stopped after "
+                 f"{r['bundle']['compile_seconds']:,.0f} s and wrote no bundle:", "", r["bundle"]["error"], "",
+                 f"FAIL N={r['rows']:,}: no bundle"], {"passed": {k: False for k in TARGETS}})
     lat, fx, b, sp = r["latency"]["real_b1"], r["latency"]["b1_s128"], r["bytes"], r["bundle"]["edgekit_splits"]
     f1 = {"teacher_pytorch": r["reference"]["test"]["macro_f1"], "bundle_runtime": r["bundle"]["test"]["macro_f1"],
           "peer_ort": r["peer"]["test"]["macro_f1"]}
@@ -381,9 +392,8 @@ def size_table(r: dict) -> tuple[list[str], dict]:
              "peer_ort": ("peer: reference -> ONNX -> ORT dynamic int8", f"train {ref_s:,.0f} s + {peer_s:,.0f} s")}
     what = {"teacher_pytorch": "safetensors", "bundle_runtime": "bundle dir", "peer_ort": ".onnx"}
     lines = [f"## N = {r['rows']:,} training rows", "",
-             (f"edgekit compile got the {r['rows']:,} rows + the fixed validation rows and split them itself: "
-              f"{sp['train']} train / {sp['validation']} validation / {sp['test']} test (its test rows unused here). "
-              f"Fixed test split: {r['test_rows']:,} rows; majority-class macro-F1 "
+             (f"edgekit compile trained on {sp['train']} rows and held out the same fixed {sp['validation']} "
+              f"validation and {sp['test']} test rows ([data] validation_path / test_path). Fixed test split: {r['test_rows']:,} rows; majority-class macro-F1 "
               f"{r['majority_baseline_macro_f1']:.4f}. Latency: batch 1, {r['latency']['texts']} real test texts, "
               f"tokenization included, {r['latency']['threads']} threads, interleaved; bundle backend "
               f"{r['latency']['bundle_backend']}."), "",
