@@ -95,13 +95,18 @@ class SequenceClassification:
         return frozenset()  # standard ONNX domain only
 
     def plan(self, state) -> str:
-        """`--plan`: load the data and the teacher, and say what pruning would cut (nothing is trained)."""
+        """`--plan`: load the data and the teacher, plan to the budget (timing this host, no training)
+        when compressing, and say what pruning would cut."""
         recipe = state.recipe
-        if not (recipe.student.enabled and "prune" in recipe.student.order):
-            return "no pruning in this recipe ([student] enabled = false, or no 'prune' in [student] order)"
         pass_load_data(state)
         pass_load_teacher(state)
-        return plan_text(state)
+        head = ""
+        if recipe.compress:
+            head = "\n".join(pass_plan_budget(state).notes) + "\n"
+        recipe = state.recipe
+        if not (recipe.student.enabled and "prune" in recipe.student.order):
+            return head + "no pruning in this recipe (no student, or no 'prune' in [student] order)"
+        return head + plan_text(state)
 
     # -- the model: head, batches, loss, metrics, graph signature ------------------------------------
 
