@@ -104,3 +104,22 @@ def test_compile_prints_the_summary_and_writes_the_bundle(tmp_path):
                      f"bundle: {tmp_path / 'b'}"):
         assert expected in result.output, expected
     assert (tmp_path / "b" / "manifest.json").is_file() and not (tmp_path / ".b.work").exists()
+
+
+def test_plan_without_a_shape_prints_the_budget_plan(tmp_path):
+    teacher = make_model_dir(tmp_path / "bert")
+    data = make_csv(tmp_path / "d.csv", rows=60)
+    result = run("compile", "--profile", "x86-64-cpu", "--teacher", str(teacher), "--data", str(data),
+                 "--latency-budget", "none", "--size-budget", "0.9", "--plan", "--out", str(tmp_path / "b"))
+    assert result.exit_code == 0, result.output
+    assert "plan: " in result.output and "predicted" in result.output and "x the teacher" in result.output
+    assert not (tmp_path / "b").exists()
+
+
+@pytest.mark.parametrize("flag, value, match", [
+    ("--latency-budget", "2", "ratio to the teacher and must be in"),
+    ("--size-budget", "fast", "not a ratio in"),
+])
+def test_bad_budget_flags_say_how_to_fix(tmp_path, flag, value, match):
+    result = run("compile", "--profile", "x86-64-cpu", flag, value, "--out", str(tmp_path / "b"))
+    assert result.exit_code == 1 and match in result.output and "Fix:" in result.output
