@@ -196,8 +196,9 @@ class Recipe:
     student_train: TrainingConfig = field(default_factory=TrainingConfig)
     quantize: QuantizeConfig = field(default_factory=QuantizeConfig)
     budget: BudgetConfig = field(default_factory=BudgetConfig)
+    # epochs None: half an epoch, but at least QAT_MIN_STEPS optimizer steps (edgekit.train.scaling)
     qat_train: TrainingConfig = field(default_factory=lambda: TrainingConfig(
-        batch_size=16, grad_accum=2, learning_rate=1e-5, warmup_steps=0, epochs=0.5, eval_every=50))
+        batch_size=16, grad_accum=2, learning_rate=1e-5, warmup_steps=0, epochs=None, eval_every=50))
     # QAT's loss: soft targets only, at a mild temperature, so the int8 model tracks its reference.
     qat_distill: DistillConfig = field(default_factory=lambda: DistillConfig(
         logits=LogitKDConfig(temperature=Schedule(2.0, 1.0, "linear")),

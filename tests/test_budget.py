@@ -15,7 +15,7 @@ from edgekit.budget.search import candidates, capacity, choose
 from edgekit.compiler.run import compile_bundle, work_dir
 from edgekit.profiles import resolve_profile
 from edgekit.recipe import RecipeError, load_recipe, recipe_from_flags
-from edgekit.train.scaling import row_schedule, scaled_finetune, scaled_student
+from edgekit.train.scaling import row_schedule, scaled_finetune, scaled_qat, scaled_student
 from edgekit.recipe import FinetuneConfig
 from edgekit.train.manager import TrainingConfig
 from tiny_models import make_csv, make_model_dir
@@ -104,6 +104,9 @@ def test_training_scales_with_rows_and_keeps_written_values():
     student = scaled_student(TrainingConfig(), 2_000)
     assert student.epochs == 6 and student.learning_rate == 1e-4
     assert scaled_student(TrainingConfig(learning_rate=3e-5, epochs=1), 2_000).learning_rate == 3e-5
+    qat = load_recipe(None, {"teacher": "t"}).qat_train
+    assert qat.epochs is None  # half an epoch, but never fewer than 100 optimizer steps
+    assert scaled_qat(qat, 500).total_steps(500) >= 100 and scaled_qat(qat, 100_000).epochs == 0.5
 
 
 # -- the compile -------------------------------------------------------------------------------------

@@ -27,6 +27,7 @@ from ..train.causal import DECODER_QAT, qat_causal
 from ..train.checkpoint import load_module, save_module
 from ..train.finetune import evaluate, predict
 from ..train.loop import distill_train
+from ..train.scaling import scaled_qat
 from ..validate.graph import ORT_DTYPES, onnx_predict, ort_session
 from .fake import calibrate, enable_fake_quant, layer_sensitivity, prepare_qat, quantized_linears, restore_fp32
 from .gate import quantized_gate
@@ -124,7 +125,8 @@ def pass_qat(state: CompileState) -> PassResult:
     teacher = state.fp32_model.eval() if cfg.qat_teacher == "fp32" else state.teacher
     result = distill_train(
         model, teacher, state.adapter, state.tokenizer, train, val, state.recipe.qat_distill,
-        state.recipe.qat_train, max_len, state.workdir / "qat", resume=state.resume, eval_fn=eval_fn)
+        scaled_qat(state.recipe.qat_train, len(train)), max_len, state.workdir / "qat", resume=state.resume,
+        eval_fn=eval_fn)
     notes = list(result.alerts)
     kept = "qat"
     if selection is not None:

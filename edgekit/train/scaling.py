@@ -57,3 +57,15 @@ def scaled_student(cfg, rows: int):
     if cfg.eval_every is None:
         fill["eval_every"] = _eval_every(rows, cfg.effective_batch, evals)
     return dataclasses.replace(cfg, **fill)
+
+
+QAT_EPOCHS, QAT_MIN_STEPS = 0.5, 100
+
+
+def scaled_qat(cfg, rows: int):
+    """QAT's length: half an epoch (it only adapts to the rounding), yet at least QAT_MIN_STEPS optimizer
+    steps: half an epoch of 500 rows is 8 steps, too few to move a model at QAT's learning rate."""
+    if cfg.epochs is not None or cfg.max_steps is not None:
+        return cfg
+    epochs = max(QAT_EPOCHS, QAT_MIN_STEPS * cfg.effective_batch / max(1, rows))
+    return dataclasses.replace(cfg, epochs=epochs)
