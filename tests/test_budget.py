@@ -155,6 +155,10 @@ def test_default_compile_plans_a_student_and_records_predicted_and_measured(tmp_
     assert manifest["recipe"]["quantize"]["method"] == ("qat" if plan["precision"] == "int8" else "none")
     assert manifest["model"]["precision"] == plan["precision"]
     assert not work_dir(state.bundle_path).exists()
+    from edgekit.report import write_report
+
+    html = write_report(state.bundle_path, tmp_path / "report.html").read_text()  # the plan vs what was measured
+    assert "<h3>Budget</h3>" in html and "latency predicted" in html and f"{plan['layers']} L" in html
 
 
 def _failing_first_student(monkeypatch, teacher_params: int):

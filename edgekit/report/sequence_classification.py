@@ -53,8 +53,36 @@ class SequenceClassificationReport(TrainingSections, LatencySections, Report):
         out.append(self._quality_table())
         out.append("<h3>Quantized gate</h3>")
         out.append(self._gate())
+        out.append("<h3>Budget</h3>")
+        out.append(self._budget())
         out.append("<h3>Compression</h3>")
         out.append(self._compression())
+        return "".join(out)
+
+    def _budget(self) -> str:
+        """The plan against its budget, attempt by attempt: predicted, and measured on the bundle."""
+        budget = get(self.fig, "budget")
+        if not isinstance(budget, Mapping):
+            return para("No budget plan: this bundle was compiled without compression (compress = false).")
+        attempts = [a for a in budget.get("attempts") or [] if isinstance(a, Mapping)]
+        out = [kv_table([("latency budget", budget.get("latency", "-")), ("size budget", budget.get("size", "-")),
+                         ("quality allowance (validation, vs the teacher)",
+                          f"{num(budget.get('quality_allowance')) * 100:.1f} points"
+                          if num(budget.get("quality_allowance")) is not None else "-"),
+                         ("teacher fp32 on this host", f"{fmt(budget.get('teacher_ms'), '.2f')} ms at batch "
+                          f"{budget.get('batch', '?')} x {budget.get('length', '?')}, "
+                          f"{fmt_bytes(budget.get('teacher_bytes'))}")])]
+        rows = []
+        for i, a in enumerate(attempts, 1):
+            student, bundle = a.get("student") or {}, a.get("bundle") or {}
+            rows.append((i, f"{a.get('layers')} L, {a.get('heads')} H, FFN {a.get('ffn')}, {a.get('precision')}",
+                         fmt(a.get("predicted_latency_ratio"), ".3f"), fmt(bundle.get("measured_latency_ratio"), ".3f"),
+                         fmt(a.get("predicted_size_ratio"), ".3f"), fmt(bundle.get("measured_size_ratio"), ".3f"),
+                         fmt(-num(student["drop"]) * 100 if num(student.get("drop")) is not None else None, "+.2f"),
+                         fmt(-num(bundle["drop"]) * 100 if num(bundle.get("drop")) is not None else None, "+.2f")))
+        out.append(table(["attempt", "plan", "latency predicted", "measured", "bytes predicted", "measured",
+                          "student vs teacher (points)", "bundle vs teacher (points)"], rows)
+                   if rows else missing("budget attempts"))
         return "".join(out)
 
     def _quality_table(self) -> str:
