@@ -150,6 +150,11 @@ def test_default_compile_plans_a_student_and_records_predicted_and_measured(tmp_
     assert measured["measured_ms"] > 0 and measured["measured_bytes"] > 0
     assert measured["measured_bytes"] == pytest.approx(plan["predicted_bytes"], rel=0.25)
     assert measured["drop"] <= recipe.budget.quality_allowance
+    # the floor judged on validation rows no early stopping saw: half of them, disjoint from the rest
+    val_rows = next(p for p in manifest["pass_log"] if p["name"] == "load-data")["figures"]["validation"]["rows"]
+    halves = budget["validation"]
+    assert halves["judge_rows"] + halves["select_rows"] == val_rows and abs(halves["judge_rows"] - val_rows / 2) <= 3
+    assert not set(state.judge.texts) & set(state.splits.validation.texts)
     # the recipe in the manifest is the one that was trained: the planned shape, the planned precision
     assert manifest["recipe"]["prune"]["layers_to_keep"] in (None, plan["layers"])
     assert manifest["recipe"]["quantize"]["method"] == ("qat" if plan["precision"] == "int8" else "none")

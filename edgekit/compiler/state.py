@@ -61,6 +61,7 @@ class CompileState:
     resume: bool = False
     teacher_path: Path | None = None
     splits: Any = None                   # the task's data splits
+    judge: Any = None                    # validation rows only the quality floor reads (no early stopping saw them)
     tokenizer: Any = None
     teacher: Any = None                  # the (fine-tuned) teacher; None once a pass freed it
     model: Any = None                    # what gets exported: the teacher, or the student once one exists
