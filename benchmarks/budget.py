@@ -12,13 +12,9 @@ the reference exported (opset 13, eager attention) and `quantize_dynamic` (QInt8
 interleaved in one process; (5) bytes. Every system is scored on the same test rows, which no
 training, early-stopping or compile step saw.
 
-    python benchmarks/budget.py --work /tmp/budget                 # 500, 2000, 30000 (hours; resumable)
-    python benchmarks/budget.py --work /tmp/budget-smoke --sizes 200 --validation-rows 100 \\
-        --test-rows 200 --max-steps 4 --latency-texts 10 --json /tmp/budget-smoke/budget.json
+    python benchmarks/budget.py --work /tmp/budget     # resumable; the smoke run is in benchmarks/README.md
 
-With --work a stage whose output is there is skipped (the run resumes); without, artefacts go to
-a temporary directory. Writes --json (default benchmarks/results/budget.json) and the printed
-table next to it (.txt), stamped with the commit and command.
+Writes --json (default benchmarks/results/budget.json) and the table next to it (.txt).
 """
 
 from __future__ import annotations

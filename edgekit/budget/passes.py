@@ -281,8 +281,8 @@ def back_off(state: CompileState, line: str) -> PassResult:
     budget["attempts"].append({**nxt.to_dict(cost), "relax": relax})
     _save(state)
     names = state.adapter.pass_names(state.recipe)
-    return PassResult(notes=[line, f"backing off (retry {retries + 1} of {cfg.backoff_retries}, budget x{relax:g}): "
-                                   f"{nxt.describe(cost)}"],
+    return PassResult(notes=[line, (f"backing off (retry {retries + 1} of {cfg.backoff_retries}, budget x{relax:g}): "
+                                    f"{nxt.describe(cost)}")],
                       rerun_from=names[names.index("evaluate-teacher") + 1])
 
 
@@ -300,8 +300,9 @@ def _stop_message(state, line: str, cost: CostModel, retries: int, minutes: floa
         soft = BudgetConfig()
         loose = choose(_pool(state.recipe, budget["precisions"], cost, None), cost, soft.latency_limit(),
                        soft.size_limit(), relax)
+        need = loose.to_dict(cost) if loose else None
         fix = ("loosen --latency-budget / --size-budget" + (f" (the next plan needs about "
-               f"{loose.to_dict(cost)['predicted_latency_ratio']:.3f} x the teacher's latency and "
-               f"{loose.to_dict(cost)['predicted_size_ratio']:.3f} x its bytes)" if loose else ""))
+               f"{need['predicted_latency_ratio']:.3f} x the teacher's latency and "
+               f"{need['predicted_size_ratio']:.3f} x its bytes)" if need else ""))
     return (f"{line}: over the allowance, and {why}. Tried: {tried}. Fix: {fix}; or accept a larger loss with "
             f"[budget] quality_allowance; or compile without compression (--no-compress). No bundle was written.")

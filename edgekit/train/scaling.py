@@ -29,35 +29,22 @@ def row_schedule(rows: int) -> tuple[float, float, int]:
     raise AssertionError("unreachable: the table ends at infinity")
 
 
-def _eval_every(rows: int, batch: int, evals_per_epoch: int) -> int:
-    return max(1, math.ceil(rows / batch / evals_per_epoch))
+def _fill(cfg, rows: int, learning_rate: float, batch: int):
+    """``cfg`` with the epochs, learning rate and evaluation cadence it leaves out (None) filled in."""
+    epochs, _, evals = row_schedule(rows)
+    fill = {"epochs": epochs, "learning_rate": learning_rate,
+            "eval_every": max(1, math.ceil(rows / batch / evals))}
+    return dataclasses.replace(cfg, **{k: v for k, v in fill.items() if getattr(cfg, k) is None})
 
 
 def scaled_finetune(cfg, rows: int):
     """The teacher fine-tune config for ``rows``, with only the left-out values filled in."""
-    epochs, lr, evals = row_schedule(rows)
-    fill = {}
-    if cfg.epochs is None:
-        fill["epochs"] = epochs
-    if cfg.learning_rate is None:
-        fill["learning_rate"] = lr
-    if cfg.eval_every is None:
-        fill["eval_every"] = _eval_every(rows, cfg.batch_size * cfg.grad_accum, evals)
-    return dataclasses.replace(cfg, **fill)
+    return _fill(cfg, rows, row_schedule(rows)[1], cfg.batch_size * cfg.grad_accum)
 
 
 def scaled_student(cfg, rows: int):
     """The student's distillation config (a TrainingConfig) for ``rows``: same epochs, its own rate."""
-    epochs, _, evals = row_schedule(rows)
-    fill = {}
-    if cfg.epochs is None:
-        fill["epochs"] = epochs
-    if cfg.learning_rate is None:
-        fill["learning_rate"] = STUDENT_LEARNING_RATE
-    if cfg.eval_every is None:
-        fill["eval_every"] = _eval_every(rows, cfg.effective_batch, evals)
-    return dataclasses.replace(cfg, **fill)
-
+    return _fill(cfg, rows, STUDENT_LEARNING_RATE, cfg.effective_batch)
 
 QAT_EPOCHS, QAT_MIN_STEPS = 0.5, 100
 
